@@ -1,0 +1,156 @@
+"""The ``dataprep`` command. Each subcommand is a thin wrapper over a library call; library errors
+become one line on stderr and an exit code, never a traceback.
+
+Exit codes: 0 success, 1 the data had problems (rejects, invalid lines), 2 unusable arguments,
+a missing file or a bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from dataprep.errors import DataprepError
+
+EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse prints the whole usage block; a one-line message is easier to act on.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from dataprep.config import load_config
+    from dataprep.pipeline import Pipeline
+
+    overrides = list(args.set or [])
+    if args.strict:
+        overrides.append("strict=true")
+    cfg = load_config(args.config, overrides=overrides, out=args.out)
+    manifest = Pipeline(cfg).run(progress=not args.quiet)
+    counts = manifest["counts"]
+    out = Path(manifest["outputs"]["train"]).parent
+    print(f"{cfg.name}: {counts['input']} input, {sum(counts['rejected'].values())} rejected, "
+          f"{sum(counts['removed'].values())} removed, {counts['added']} added -> "
+          f"train {counts['train']} / dev {counts['dev']} / test {counts['test']}")
+    print(f"  splits:   {out}/{{train,dev,test}}.jsonl")
+    print(f"  rejects:  {manifest['outputs']['rejects']}")
+    print(f"  manifest: {out / 'manifest.json'}")
+    report = manifest.get("artifacts", {}).get("report")
+    if report:
+        print(f"  report:   {report}")
+    return EXIT_OK
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from dataprep.convert import convert
+
+    options: dict[str, Any] = {}
+    for item in args.option or []:
+        from dataprep.config import parse_override
+
+        key, value = parse_override(item)
+        options[key] = value
+    result = convert(args.fmt, args.input, args.out, hotel_db=args.hotel_db, strict=args.strict,
+                     options=options)
+    for rej in result.rejects:
+        _err(f"{rej.location()}: {rej.message} [{rej.reason}]")
+    print(f"{args.input}: {result.input} records, {result.written} written to {args.out}, "
+          f"{len(result.rejects)} rejected"
+          + (f" (kept in {result.rejects_path})" if result.rejects else ""))
+    return EXIT_DATA if result.rejects else EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from dataprep.convert import validate_file
+
+    n, problems = validate_file(args.file, args.schema)
+    for line, pointer, message, reason in problems:
+        print(f"{args.file}:{line}: {pointer}: {message} [{reason}]")
+    bad_lines = len({p[0] for p in problems})
+    _err(f"{args.file}: {n} lines, {n - bad_lines} valid, {bad_lines} invalid")
+    return EXIT_DATA if problems else EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    try:
+        from dataprep.stages.report import rebuild_report
+    except ImportError as e:
+        raise DataprepError(f"the report stage is not available: {e}") from e
+    path = rebuild_report(args.out_dir)
+    print(f"report: {path}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dataprep.registry import READERS
+
+    p = _Parser(prog="dataprep", description="Turn raw Chinese corpora into clean, leak-free "
+                "ChatGLM3 tools/conversations splits.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run a pipeline from a YAML config",
+                       description="Run readers and stages from CONFIG; write train/dev/test.jsonl, "
+                       "rejects.jsonl and manifest.json to the output folder.")
+    r.add_argument("config", help="YAML config file")
+    r.add_argument("--out", help="output folder (default: the config's 'out', else out/NAME)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set seed=7 "
+                   "--set stages.split.ratios=[0.7,0.2,0.1] (repeatable)")
+    r.add_argument("--strict", action="store_true", help="stop at the first rejected record")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("convert", help="one corpus layout in, ChatGLM3 JSONL out",
+                       description="Read INPUT with one reader and write ChatGLM3 JSONL, no other "
+                       "stage. Rejects are printed as INPUT:LINE: reason and kept in "
+                       "OUT.rejects.jsonl. Exit 0 when nothing was rejected, 1 otherwise.")
+    c.add_argument("--from", dest="fmt", required=True, choices=sorted(READERS), metavar="FORMAT",
+                   help=f"input layout: {', '.join(sorted(READERS))}")
+    c.add_argument("input", help="input file")
+    c.add_argument("--out", required=True, help="output JSONL file")
+    c.add_argument("--hotel-db", help="CrossWOZ hotel_db.json (for crosswoz and lab layouts)")
+    c.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="reader option, e.g. --option prompt=... (repeatable)")
+    c.add_argument("--strict", action="store_true", help="stop at the first rejected record")
+    c.set_defaults(func=cmd_convert)
+
+    v = sub.add_parser("validate", help="check a JSONL file against a schema",
+                       description="Exit 0 when every line is valid, 1 otherwise; each problem is "
+                       "printed as FILE:LINE: <json pointer>: <expected, found>.")
+    v.add_argument("file", help="JSONL file")
+    v.add_argument("--schema", default="chatglm3",
+                   help="schema name in schemas/ (default chatglm3: the output format, plus the "
+                   "semantic rules)")
+    v.set_defaults(func=cmd_validate)
+
+    rp = sub.add_parser("report", help="rebuild the HTML report of a finished run",
+                        description="Rebuild OUT/report/index.html from a finished run folder.")
+    rp.add_argument("out_dir", help="the run's output folder")
+    rp.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except DataprepError as e:
+        _err(f"dataprep {args.command}: {e}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _err(f"dataprep {args.command}: interrupted; no split file was half-written")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Build a pipeline from a config and run it: readers -> stages -> splits, rejects, manifest."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+import dataprep
+from dataprep.config import RunConfig
+from dataprep.errors import AccountingError, ConfigError
+from dataprep.io import sha256_file, write_json_atomic
+from dataprep.readers.base import Reader
+from dataprep.record import Conversation, Reject
+from dataprep.registry import reader_class, stage_class
+from dataprep.stages.base import RunContext, Stage, json_default, timed
+
+VERSIONED = ("datasets", "pandas", "jsonschema", "openai", "transformers", "torch", "peft",
+             "bitsandbytes", "great_expectations", "datasketch", "sentencepiece", "opencc",
+             "pyyaml")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "chatglm-dataprep": dataprep.__version__}
+    for name in VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def build_reader(name: str, path: str, options: dict[str, Any] | None = None,
+                 hotel_db: str | None = None) -> Reader:
+    cls = reader_class(name)
+    opts = dict(options or {})
+    if getattr(cls, "needs_hotel_db", False) and "hotel_db" not in opts:
+        if not hotel_db:
+            raise ConfigError(f"reader {name!r} needs the hotel database: set 'hotel_db: PATH' "
+                              "in the config (or pass --hotel-db)")
+        opts["hotel_db"] = hotel_db
+    try:
+        return cls(path, **opts)
+    except TypeError as e:
+        raise ConfigError(f"reader {name!r}: bad options {sorted(opts)}: {e}") from e
+
+
+def build_stages(specs: list[dict[str, Any]]) -> list[Stage]:
+    stages = []
+    for spec in specs:
+        opts = {k: v for k, v in spec.items() if k != "name"}
+        cls = stage_class(spec["name"])
+        try:
+            stages.append(cls(**opts))
+        except TypeError as e:
+            raise ConfigError(f"stage {spec['name']!r}: bad options {sorted(opts)}: {e}") from e
+    names = [s.name for s in stages]
+    if "write" not in names:
+        raise ConfigError("the pipeline has no 'write' stage: add it (after 'split')")
+    if "split" not in names or names.index("split") > names.index("write"):
+        raise ConfigError("the pipeline needs a 'split' stage before 'write'")
+    return stages
+
+
+def read_all(readers: list[Reader], ctx: RunContext, progress: bool = True) -> Iterator[Conversation]:
+    """Count every input record once, route rejects to the context, yield conversations."""
+    for reader in readers:
+        items: Iterable[Conversation | Reject] = reader.read()
+        if progress:
+            items = tqdm(items, desc=f"read {Path(reader.source).name}", unit="rec", leave=False)
+        for item in items:
+            ctx.count_input()
+            if isinstance(item, Reject):
+                ctx.reject(item)
+            else:
+                yield item
+
+
+class Pipeline:
+    """Readers and stages from a :class:`RunConfig`.
+
+    >>> Pipeline(load_config("configs/spo.yaml")).run("out/spo")  # doctest: +SKIP
+    {'counts': {...}, ...}
+    """
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.readers = [build_reader(s.reader, s.path, s.options, config.hotel_db)
+                        for s in config.inputs]
+        self.stages = build_stages(config.stages)
+
+    def run(self, out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+        out = Path(out_dir or self.config.out or f"out/{self.config.name}")
+        out.mkdir(parents=True, exist_ok=True)
+        ctx = RunContext(out, seed=self.config.seed, strict=self.config.strict,
+                         config=self.config.raw, tokenizer_path=self.config.tokenizer,
+                         hotel_db_path=self.config.hotel_db)
+        ctx.artifacts["llm_config"] = self.config.llm
+        started = time.time()
+        stream: Iterable[Conversation] = timed("read", read_all(self.readers, ctx, progress), ctx)
+        for stage in self.stages:
+            stream = timed(stage.name, stage.run(stream, ctx), ctx)
+        for _ in stream:
+            pass
+        ctx.write_rejects()
+        for stage in self.stages:
+            finish = getattr(stage, "finish", None)
+            if finish is not None:
+                finish(ctx)
+        left, right = ctx.counts.balance()
+        if left != right:
+            raise AccountingError(
+                f"records unaccounted for: input − rejected − removed + added = {left} but "
+                f"train + dev + test = {right}; a stage dropped records without a reason")
+        manifest = self.manifest(ctx, out, started)
+        write_json_atomic(out / "manifest.json", manifest)
+        for stage in self.stages:
+            after = getattr(stage, "after_manifest", None)
+            if after is not None:
+                after(ctx, manifest)
+        return manifest
+
+    def manifest(self, ctx: RunContext, out: Path, started: float) -> dict[str, Any]:
+        # Timings are cumulative along the generator chain; subtract to get each stage's own.
+        order = ["read", *[s.name for s in self.stages]]
+        own, prev = {}, 0.0
+        for name in order:
+            cum = ctx.timings.get(name, 0.0)
+            own[name] = round(max(cum - prev, 0.0), 4)
+            prev = max(prev, cum)
+        cfg = dict(self.config.raw)
+        if "llm" in cfg:
+            cfg["llm"] = {k: v for k, v in cfg["llm"].items() if "key" not in k.lower()
+                          or k.lower().endswith("_env")}
+        return {
+            "name": self.config.name,
+            "dataprep_version": dataprep.__version__,
+            "config": cfg,
+            "seed": self.config.seed,
+            "inputs": [{"reader": s.reader, "path": s.path, "sha256": sha256_file(s.path),
+                        "bytes": Path(s.path).stat().st_size} for s in self.config.inputs],
+            "packages": package_versions(),
+            "counts": ctx.counts.as_manifest(),
+            "identity": "input - rejected - removed + added = train + dev + test",
+            "stages": [{"name": s.name, "options": s.describe()} for s in self.stages],
+            "stage_stats": _plain(dict(ctx.stats)),
+            "seconds": {"total": round(time.time() - started, 3), "by_stage": own},
+            "outputs": {name: str(out / f"{name}.jsonl") for name in ("train", "dev", "test",
+                                                                       "rejects")},
+            "artifacts": _plain({k: v for k, v in ctx.artifacts.items() if k != "llm_config"}),
+        }
+
+
+def _plain(obj: Any) -> Any:
+    """Make stats JSON-safe (sets, paths, tuples)."""
+    import json
+
+    return json.loads(json.dumps(obj, default=json_default, ensure_ascii=False))
