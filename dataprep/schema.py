@@ -54,8 +54,11 @@ def describe_error(error: jsonschema.ValidationError) -> tuple[str, str, str]:
     if error.validator == "type":
         expected = error.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
-        reason = "null_value" if found is None else "wrong_type"
-        return reason, pointer, f"expected {expected}, found {_type_name(found)} {_short(found)}"
+        if found is None:
+            return "null_value", pointer, f"expected {expected}, found null"
+        if isinstance(found, (dict, list)):
+            return "wrong_type", pointer, f"expected {expected}, found {_type_name(found)}"
+        return "wrong_type", pointer, f"expected {expected}, found {_type_name(found)} {_short(found)}"
     if error.validator in ("enum", "const"):
         allowed = error.validator_value if error.validator == "enum" else [error.validator_value]
         return ("invalid_value", pointer,
