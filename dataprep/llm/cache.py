@@ -1,0 +1,209 @@
+"""Persistent on-disk cache of validated LLM answers, keyed by a hash of the request.
+
+Why sqlite3 (stdlib) and not an append-only JSONL file:
+
+* every ``put`` is one committed transaction; in WAL mode a commit survives the process being
+  killed (SIGKILL, Ctrl-C, OOM) at any instant, and a torn write is rolled back by sqlite on the
+  next open instead of by our own "skip the broken last line" code;
+* lookups use the primary-key index, so a resumed run over millions of items does not have to
+  load the whole cache into memory first;
+* two runs (processes) sharing one cache directory are serialised by sqlite's own locking
+  (``busy_timeout``), which JSONL cannot offer without an extra lock file.
+
+``synchronous=NORMAL`` with WAL means a commit is durable against a process crash but the last
+few commits may be lost on *power* loss; losing them only costs re-asking those requests, never
+a corrupt cache, which is the right trade for a cache.
+
+Only successful, validated answers are stored, with their token usage. Request headers, the base
+URL and the API key are never given to this module, so they cannot end up on disk.
+
+Example:
+    >>> key = cache_key("glm-4-flash", [{"role": "user", "content": "你好"}], {"temperature": 0})
+    >>> with ResponseCache("/tmp/llm-cache") as cache:  # doctest: +SKIP
+    ...     cache.put(key, CachedAnswer("您好", prompt_tokens=3, completion_tokens=2))
+    ...     cache.get(key).text
+    '您好'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CACHE_FILENAME", "CACHE_KEY_VERSION", "CachedAnswer", "ResponseCache", "cache_key"]
+
+CACHE_FILENAME = "llm_cache.sqlite3"
+# Bump when the meaning of a key changes (e.g. what goes into it), so old entries stop matching
+# instead of being served for requests they were never made for.
+CACHE_KEY_VERSION = 1
+
+
+def cache_key(
+    model: str,
+    messages: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    schema: Mapping[str, Any] | None = None,
+) -> str:
+    """sha256 hex of the canonical JSON of everything that determines the answer.
+
+    ``params`` must hold only parameters that change the output (temperature, max_tokens,
+    response_format, seed...); the client strips transport settings such as timeouts before
+    calling this. Dict key order never matters; message order does.
+
+    Example:
+        >>> a = cache_key("m", [{"role": "user", "content": "x"}], {"temperature": 0, "top_p": 1})
+        >>> a == cache_key("m", [{"content": "x", "role": "user"}], {"top_p": 1, "temperature": 0})
+        True
+        >>> a == cache_key("m", [{"role": "user", "content": "x"}], {"temperature": 1, "top_p": 1})
+        False
+    """
+    payload = {
+        "v": CACHE_KEY_VERSION,
+        "model": model,
+        "messages": list(messages),
+        "params": dict(params),
+        "schema": schema,
+    }
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    """A validated answer as stored: the raw assistant text plus what it cost."""
+
+    text: str
+    """The assistant message that passed validation (parsed again on every hit)."""
+    prompt_tokens: int = 0
+    """Prompt tokens of the request(s) that produced it, re-asks included."""
+    completion_tokens: int = 0
+    """Completion tokens of the request(s) that produced it."""
+    model: str = ""
+    """Model that answered, for inspection."""
+    created_at: float = 0.0
+    """Unix time the entry was written."""
+
+
+class ResponseCache:
+    """sqlite-backed answer cache; safe to share between asyncio tasks and threads of a process.
+
+    Args:
+        directory: folder for ``llm_cache.sqlite3`` (created if missing).
+
+    Example:
+        >>> cache = ResponseCache(tmp_path)  # doctest: +SKIP
+        >>> len(cache)  # doctest: +SKIP
+        0
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise NotADirectoryError(
+                f"cache_dir {self.directory} is a file; point cache_dir at a folder "
+                f"(the cache is stored as {CACHE_FILENAME} inside it)"
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / CACHE_FILENAME
+        # One connection guarded by a lock: sqlite connections are not safe for concurrent use,
+        # and the sync wrapper may run the event loop on a different thread than the creator.
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = sqlite3.connect(
+            self.path, timeout=30.0, check_same_thread=False, isolation_level=None
+        )
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS answers ("
+                " key TEXT PRIMARY KEY,"
+                " text TEXT NOT NULL,"
+                " prompt_tokens INTEGER NOT NULL,"
+                " completion_tokens INTEGER NOT NULL,"
+                " model TEXT NOT NULL,"
+                " created_at REAL NOT NULL)"
+            )
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError(f"the LLM cache at {self.path} is closed; open a new ResponseCache")
+        return self._conn
+
+    def get(self, key: str) -> CachedAnswer | None:
+        """The stored answer for ``key``, or None."""
+        with self._lock:
+            row = (
+                self._connection()
+                .execute(
+                    "SELECT text, prompt_tokens, completion_tokens, model, created_at"
+                    " FROM answers WHERE key = ?",
+                    (key,),
+                )
+                .fetchone()
+            )
+        return None if row is None else CachedAnswer(*row)
+
+    def put(self, key: str, answer: CachedAnswer) -> None:
+        """Store ``answer`` under ``key`` in its own committed transaction (last write wins)."""
+        created = answer.created_at or time.time()
+        with self._lock:
+            # autocommit mode (isolation_level=None): this single statement is its own
+            # transaction, durable once execute() returns.
+            self._connection().execute(
+                "INSERT OR REPLACE INTO answers"
+                " (key, text, prompt_tokens, completion_tokens, model, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    key,
+                    answer.text,
+                    int(answer.prompt_tokens),
+                    int(answer.completion_tokens),
+                    answer.model,
+                    created,
+                ),
+            )
+
+    def delete(self, key: str) -> None:
+        """Forget ``key`` (e.g. an entry that no longer passes a stricter validator)."""
+        with self._lock:
+            self._connection().execute("DELETE FROM answers WHERE key = ?", (key,))
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        with self._lock:
+            row = self._connection().execute("SELECT 1 FROM answers WHERE key = ?", (key,))
+            return row.fetchone() is not None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._connection().execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+
+    def integrity_ok(self) -> bool:
+        """True when sqlite's ``PRAGMA integrity_check`` finds nothing wrong."""
+        with self._lock:
+            rows = self._connection().execute("PRAGMA integrity_check").fetchall()
+        return rows == [("ok",)]
+
+    def close(self) -> None:
+        """Close the connection (idempotent); WAL content is checkpointed by sqlite."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> ResponseCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ResponseCache({str(self.directory)!r})"
