@@ -140,8 +140,16 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def dumps(obj: Any) -> str:
-    """One JSONL line: UTF-8 text, Chinese kept readable."""
-    return json.dumps(obj, ensure_ascii=False)
+    """One JSONL line: UTF-8 text, Chinese kept readable.
+
+    U+2028/U+2029 (they occur in DuReader) are escaped: JSON allows them raw, but
+    ``str.splitlines()`` and JavaScript tools treat them as line breaks and would cut a record in
+    two. The escaped form loads back to the same string.
+    """
+    text = json.dumps(obj, ensure_ascii=False)
+    if "\u2028" in text or "\u2029" in text:
+        text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return text
 
 
 class AtomicWriter:

@@ -36,9 +36,11 @@ def package_versions() -> dict[str, str]:
 
 
 def build_reader(name: str, path: str, options: dict[str, Any] | None = None,
-                 hotel_db: str | None = None) -> Reader:
+                 hotel_db: str | None = None, seed: int | None = None) -> Reader:
     cls = reader_class(name)
     opts = dict(options or {})
+    if getattr(cls, "uses_seed", False) and seed is not None and "seed" not in opts:
+        opts["seed"] = seed
     if getattr(cls, "needs_hotel_db", False) and "hotel_db" not in opts:
         if not hotel_db:
             raise ConfigError(f"reader {name!r} needs the hotel database: set 'hotel_db: PATH' "
@@ -90,7 +92,7 @@ class Pipeline:
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
-        self.readers = [build_reader(s.reader, s.path, s.options, config.hotel_db)
+        self.readers = [build_reader(s.reader, s.path, s.options, config.hotel_db, config.seed)
                         for s in config.inputs]
         self.stages = build_stages(config.stages)
 

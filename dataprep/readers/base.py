@@ -25,6 +25,9 @@ class Reader:
     name: ClassVar[str] = ""
     corpus: ClassVar[str] = ""
     input_schema: ClassVar[str | None] = None
+    # Readers whose output depends on a seed (distractor choice, document order) take the run's
+    # seed unless their own ``seed`` option is set, so one ``--set seed=N`` changes everything.
+    uses_seed: ClassVar[bool] = False
 
     def __init__(self, path: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
                  id_prefix: str | None = None, **options: Any) -> None:

@@ -315,13 +315,14 @@ class DocQAReader(Reader):
     """Options shared by the doc-QA readers.
 
     ``prompt``: template with ``{documents}`` and ``{question}`` (default :data:`RAG_PROMPT`);
-    ``seed``: seeds distractor choice and document order (default 42; the run's ``seed`` is not
-    passed to readers); ``negatives``: most distractor documents per sample (None = all there
+    ``seed``: seeds distractor choice and document order (default: the run's ``seed``, or 42
+    outside a pipeline); ``negatives``: most distractor documents per sample (None = all there
     are); ``max_doc_chars`` / ``max_total_chars``: the document budget (see
     :func:`fit_documents`); ``shuffle``: shuffle the document order (default true).
     """
 
     corpus = CORPUS
+    uses_seed = True
     default_negatives: ClassVar[int | None] = DEFAULT_NEGATIVES
 
     def configure(self, prompt: str = RAG_PROMPT, seed: int = DEFAULT_SEED,

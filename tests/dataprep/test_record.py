@@ -59,3 +59,12 @@ def test_derive_records_parent_and_keeps_group() -> None:
 def test_message_validates_itself(bad: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         Message.from_dict(bad)
+
+
+def test_line_separators_are_escaped_so_a_record_stays_on_one_line() -> None:
+    from dataprep.io import dumps
+
+    text = dumps({"content": "第一段\u2028第二段\u2029完"})
+    assert len(text.splitlines()) == 1
+    assert json.loads(text)["content"] == "第一段\u2028第二段\u2029完"
+    assert "中文" in dumps({"a": "中文"})  # Chinese stays readable (ensure_ascii=False)
