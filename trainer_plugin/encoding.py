@@ -1,0 +1,495 @@
+"""One ChatGLM3 training sample -> ``input_ids`` and ``labels``, exactly as the official code does.
+
+The algorithm (``../shared/docs/chatglm3-format.md`` §3, pinned by the golden files):
+
+    ids = [gMASK] sop
+    (tools key present)  + <|system|> enc("\\n") enc(TOOL_PROMPT + json.dumps(tools, indent=4))
+    per message          + <|role|> enc(metadata + "\\n") enc(text)
+        tool message     -> <|assistant|> enc(name + "\\n")
+                                enc("```python\\ntool_call(k=repr(v), ...)\\n```")
+                            <|observation|> enc("\\n") enc(observation)   (never learned)
+    + eos
+    labels[i] = ids[i] if the token before it belongs to a trained message, else -100
+
+``compat="official"`` reproduces the official scripts id for id. ``compat="default"`` differs in
+one deliberate place: a message written directly with role ``observation`` is never learned (the
+official scripts learn it; training on tool results teaches a model to invent them). It also
+reads ``"tools": null`` as "no tools" (the official code writes a tool prompt ending in ``null``).
+
+>>> sample = {"conversations": [{"role": "user", "content": "hi"},
+...                             {"role": "assistant", "content": "yo"}]}
+>>> enc = encode_conversation(sample, tok)  # doctest: +SKIP
+>>> enc.input_ids[-1] == enc.labels[-1] == tok.eos_id  # the model learns to stop  # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from trainer_plugin.tokenizer import Tokenizer
+
+__all__ = [
+    "COMPAT_MODES",
+    "IGNORE_INDEX",
+    "REASONS",
+    "ROLES",
+    "TOOL_PROMPT",
+    "Encoded",
+    "EncodingError",
+    "LengthSummary",
+    "Span",
+    "decode_double_encoded_tools",
+    "encode_conversation",
+    "fit_length",
+    "message_ids",
+    "parse_tool_call",
+    "prefix_ids",
+    "render_tool_call",
+    "render_tool_call_body",
+    "summarize_lengths",
+]
+
+IGNORE_INDEX = -100
+ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool", "observation")
+COMPAT_MODES: tuple[str, ...] = ("default", "official")
+TOOL_PROMPT = (
+    "Answer the following questions as best as you can. You have access to the following tools:\n"
+)
+Compat = Literal["default", "official"]
+Strategy = Literal["drop", "cut"]
+
+#: Reason codes of :func:`fit_length` (and of ``trainer_plugin.data``), with what each means.
+REASONS: dict[str, str] = {
+    "cut_at_message_boundary": (
+        "kept: longer than max_length, cut after the last whole message that fits"
+    ),
+    "no_trained_tokens": "dropped: no token of the sample is trained (every label is -100)",
+    "too_long": "dropped: longer than max_length (truncation='drop')",
+    "too_long_nothing_trained_fits": (
+        "dropped: longer than max_length and no trained token fits when cut at a message boundary"
+    ),
+    "invalid_sample": "dropped: the sample breaks the format (see the error text)",
+}
+
+
+class EncodingError(ValueError):
+    """A sample does not follow the tools/conversations format; the message says where."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where one rendered message lies in ``input_ids`` (``start`` inclusive, ``end`` exclusive).
+
+    ``index`` is the message's position in ``conversations`` (``None`` for the tool system prompt);
+    a ``tool`` message renders as two spans with the same index: the call (role ``assistant``)
+    and its observation (role ``observation``).
+    """
+
+    index: int | None
+    role: str
+    start: int
+    end: int
+    trained: bool
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids, labels and loss mask of one sample, plus its message spans.
+
+    ``loss_mask[i]`` says whether token ``i`` belongs to a trained message; ``labels`` derive from
+    it with the one-token shift (see :func:`encode_conversation`).
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    loss_mask: list[int]
+    spans: tuple[Span, ...] = field(default=())
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_trained(self) -> int:
+        """How many labels are trained (not -100)."""
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+
+
+def prefix_ids(tok: Tokenizer) -> list[int]:
+    """``[gMASK] sop``, the two tokens every ChatGLM3 sequence starts with.
+
+    >>> prefix_ids(tok)  # doctest: +SKIP
+    [64790, 64792]
+    """
+    return [tok.token_id("[gMASK]"), tok.token_id("sop")]
+
+
+def message_ids(tok: Tokenizer, role: str, metadata: str, text: str) -> list[int]:
+    """``<|role|> enc(metadata + "\\n") enc(text)`` (the official ``build_single_message``).
+
+    Metadata and text are encoded in two calls on purpose: each call adds its own dummy-prefix
+    ``▁``, and the model was trained on exactly that (``enc("\\n") == [▁, <0x0A>]``).
+
+    >>> message_ids(tok, "assistant", "", "你好")  # doctest: +SKIP
+    [64796, 30910, 13, 36474, 54591]
+    """
+    return [tok.token_id(f"<|{role}|>"), *tok.encode(metadata + "\n"), *tok.encode(text)]
+
+
+def render_tool_call_body(parameters: Mapping[str, Any]) -> str:
+    """The fenced ``tool_call(...)`` block: keys verbatim, values as Python ``repr``.
+
+    Official code built the call with ``ast`` + astunparse, which prints constants with repr
+    (single-quoted strings, ``True``/``None``, ``2.0``, ``1e+20``, escaped ``\\u200b``).
+
+    >>> render_tool_call_body({"type": "经济型", "price": 300.0})
+    "```python\\ntool_call(type='经济型', price=300.0)\\n```"
+    """
+    args = ", ".join(f"{k}={v!r}" for k, v in parameters.items())
+    return f"```python\ntool_call({args})\n```"
+
+
+def render_tool_call(name: str, parameters: Mapping[str, Any]) -> str:
+    """A tool call as the model writes it after ``<|assistant|>``: name line, then the block.
+
+    >>> print(render_tool_call("search_hotels", {"type": "经济型"}))
+    search_hotels
+    ```python
+    tool_call(type='经济型')
+    ```
+    """
+    return f"{name}\n{render_tool_call_body(parameters)}"
+
+
+_FENCE = re.compile(r"```(?:python)?[ \t]*\n(.*?)\n?[ \t]*```", re.DOTALL)
+
+
+def parse_tool_call(text: str) -> tuple[str, dict[str, Any]] | None:
+    """Inverse of :func:`render_tool_call` for model output; ``None`` if it is not a tool call.
+
+    Only literal keyword values are accepted (``ast.literal_eval`` per value): model output is
+    never evaluated. Leading/trailing whitespace (a decoded dummy prefix) is tolerated.
+
+    >>> parse_tool_call("search_hotels\\n```python\\ntool_call(type='经济型', price=[0, 300])\\n```")
+    ('search_hotels', {'type': '经济型', 'price': [0, 300]})
+    >>> parse_tool_call("推荐您去北京饭店。") is None
+    True
+    """
+    if not isinstance(text, str):
+        return None
+    head, sep, rest = text.strip().partition("\n")
+    name = head.strip()
+    if not sep or not name or "tool_call" in name:
+        return None
+    fenced = _FENCE.search(rest)
+    code = (fenced.group(1) if fenced else rest).strip()
+    try:
+        node = ast.parse(code, mode="eval").body
+    except (SyntaxError, ValueError):
+        return None
+    if (
+        not isinstance(node, ast.Call)
+        or not isinstance(node.func, ast.Name)
+        or node.func.id != "tool_call"
+        or node.args
+    ):
+        return None
+    params: dict[str, Any] = {}
+    for kw in node.keywords:
+        if kw.arg is None or kw.arg in params:  # **kwargs or a repeated key
+            return None
+        try:
+            params[kw.arg] = ast.literal_eval(kw.value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return None
+    return name, params
+
+
+def decode_double_encoded_tools(tools: Any) -> Any:
+    """Undo the double encoding some data uses: ``["[{...}, ...]"]`` -> ``[{...}, ...]``.
+
+    Only a list holding ONE string whose JSON is a list is decoded; anything else (including a
+    one-string list of prose tool documentation) is returned unchanged.
+
+    >>> decode_double_encoded_tools(['[{"name": "f"}]'])
+    [{'name': 'f'}]
+    """
+    if isinstance(tools, list) and len(tools) == 1 and isinstance(tools[0], str):
+        try:
+            decoded = json.loads(tools[0])
+        except ValueError:
+            return tools
+        if isinstance(decoded, list):
+            return decoded
+    return tools
+
+
+# ---------------------------------------------------------------------------------------------
+# the encoder
+
+
+def encode_conversation(
+    sample: Mapping[str, Any],
+    tok: Tokenizer,
+    compat: Compat = "default",
+    decode_tools: bool = True,
+) -> Encoded:
+    """Encode one ``{tools?, conversations}`` sample into ids, labels and message spans.
+
+    - ``compat="official"``: identical to ChatGLM3's legacy ``format_conversation``.
+      ``compat="default"``: the same, except that directly written ``observation`` messages are
+      masked, and ``"tools": null`` counts as no tools (official: a prompt ending in ``null``).
+    - ``decode_tools``: decode double-encoded ``tools`` first (see
+      :func:`decode_double_encoded_tools`); ``False`` keeps them as the lab code consumed them
+      (the prompt then holds an escaped JSON string).
+    - A message is trained when ``message.get("loss", True)`` and its role is not system/user
+      (default mode: nor observation). A tool message's ``loss`` covers the call only; its
+      observation is never trained.
+
+    Raises :class:`EncodingError` (with the message index) for an unknown role or a malformed
+    message; the official code crashed with an ``AssertionError`` on unknown roles.
+
+    >>> s = {"conversations": [{"role": "user", "content": "你好"},
+    ...                        {"role": "assistant", "content": "你好！"}]}
+    >>> e = encode_conversation(s, tok)  # doctest: +SKIP
+    >>> [e.labels[i] != -100 for i in range(len(e))][-5:]  # doctest: +SKIP
+    [False, True, True, True, True]
+    """
+    if compat not in COMPAT_MODES:
+        raise ValueError(f"unknown compat mode {compat!r}; use one of: {', '.join(COMPAT_MODES)}")
+    if not isinstance(sample, Mapping):
+        raise EncodingError(f"a sample must be a JSON object, got {type(sample).__name__}")
+    conversations = sample.get("conversations")
+    if not isinstance(conversations, list):
+        keys = ", ".join(sorted(map(str, sample))) or "none"
+        raise EncodingError(
+            f'"conversations" must be a list of messages, got {type(conversations).__name__} '
+            f"(keys present: {keys})"
+        )
+
+    ids: list[int] = prefix_ids(tok)
+    mask: list[int] = [0, 0]
+    spans: list[Span] = []
+
+    def add(index: int | None, role: str, metadata: str, text: str, trained: bool) -> None:
+        start = len(ids)
+        ids.extend(message_ids(tok, role, metadata, text))
+        mask.extend([int(trained)] * (len(ids) - start))
+        spans.append(Span(index, role, start, len(ids), trained))
+
+    if "tools" in sample and not (compat == "default" and sample["tools"] is None):
+        tools = sample["tools"]
+        if decode_tools:
+            tools = decode_double_encoded_tools(tools)
+        add(
+            None, "system", "", TOOL_PROMPT + json.dumps(tools, indent=4, ensure_ascii=False), False
+        )
+
+    for i, m in enumerate(conversations):
+        where = f"conversations[{i}]"
+        if not isinstance(m, Mapping):
+            raise EncodingError(f"{where}: a message must be an object, got {type(m).__name__}")
+        role = m.get("role")
+        if role not in ROLES:
+            raise EncodingError(
+                f"{where}: unknown role {role!r}; expected one of: {', '.join(ROLES)}"
+            )
+        trained = bool(m.get("loss", True)) and role not in ("system", "user")
+        if role == "observation" and compat == "default":
+            trained = False
+        if role == "tool":
+            name, params = m.get("name"), m.get("parameters")
+            if not isinstance(name, str) or not name:
+                raise EncodingError(f'{where}: a tool message needs a "name" string')
+            if not isinstance(params, Mapping):
+                raise EncodingError(
+                    f'{where}: "parameters" of tool {name!r} must be an object, '
+                    f"got {type(params).__name__}"
+                )
+            add(i, "assistant", name, render_tool_call_body(params), trained)
+            obs = m.get("observation")
+            obs_text = obs if isinstance(obs, str) else json.dumps(obs, ensure_ascii=False)
+            add(i, "observation", "", obs_text, False)
+        else:
+            content = m.get("content")
+            if not isinstance(content, str):
+                raise EncodingError(
+                    f'{where}: "content" of a {role} message must be a string, '
+                    f"got {type(content).__name__}"
+                )
+            add(i, role, "", content, trained)
+
+    ids.append(tok.eos_id)
+    mask.append(0)
+    return Encoded(ids, _shifted_labels(ids, mask), mask, tuple(spans))
+
+
+def _shifted_labels(ids: Sequence[int], mask: Sequence[int]) -> list[int]:
+    # The mask shift: token i is a target when the token BEFORE it is trained, i.e. when the
+    # prediction made at a trained position is kept. So the role token opening an assistant
+    # message is not learned, but the token right after a trained message is (the next role
+    # token, or the final eos): that is how ChatGLM3 learns to stop. Labels stay aligned with
+    # input_ids because Hugging Face causal-LM models shift them once more internally.
+    return [IGNORE_INDEX] + [
+        t if m else IGNORE_INDEX for t, m in zip(ids[1:], mask[:-1], strict=True)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# length handling
+
+
+def fit_length(
+    encoded: Encoded, max_length: int | None, strategy: Strategy = "cut"
+) -> tuple[Encoded | None, str | None]:
+    """Apply ``max_length`` without ever losing the final eos; returns ``(encoded, reason)``.
+
+    - ``(encoded, None)``: unchanged (fits, or ``max_length`` is None).
+    - ``(shorter, "cut_at_message_boundary")``: strategy ``"cut"`` kept the longest run of whole
+      leading messages (a tool call together with its observation) that fits with an eos.
+    - ``(None, reason)``: dropped; reason is ``no_trained_tokens``, ``too_long`` (strategy
+      ``"drop"``) or ``too_long_nothing_trained_fits``. See :data:`REASONS`.
+
+    >>> fit_length(enc, 10_000)[1] is None, fit_length(enc, 8, "drop")  # doctest: +SKIP
+    (True, (None, 'too_long'))
+    """
+    if strategy not in ("drop", "cut"):
+        raise ValueError(f"unknown truncation strategy {strategy!r}; use 'drop' or 'cut'")
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length must be a positive number of tokens, got {max_length}")
+    if encoded.num_trained == 0:
+        return None, "no_trained_tokens"
+    if max_length is None or len(encoded) <= max_length:
+        return encoded, None
+    if strategy == "drop":
+        return None, "too_long"
+    cut = _cut_at_boundary(encoded, max_length)
+    if cut is None or cut.num_trained == 0:
+        return None, "too_long_nothing_trained_fits"
+    return cut, "cut_at_message_boundary"
+
+
+def _cut_at_boundary(encoded: Encoded, max_length: int) -> Encoded | None:
+    # A boundary is the end of a conversation entry. The two spans of a tool message share one
+    # index and are never separated: a sample ending right after a tool call would teach the
+    # model to emit eos where it must emit <|observation|>.
+    spans = encoded.spans
+    end = None
+    for k, span in enumerate(spans):
+        last_of_entry = (
+            k + 1 == len(spans) or spans[k + 1].index != span.index or span.index is None
+        )
+        if last_of_entry and span.end + 1 <= max_length:
+            end = span.end
+    if end is None:
+        return None
+    eos = encoded.input_ids[-1]
+    ids = [*encoded.input_ids[:end], eos]
+    mask = [*encoded.loss_mask[:end], 0]
+    kept = tuple(s for s in spans if s.end <= end)
+    return replace(
+        encoded, input_ids=ids, labels=_shifted_labels(ids, mask), loss_mask=mask, spans=kept
+    )
+
+
+@dataclass(frozen=True)
+class LengthSummary:
+    """Token lengths of a set of samples, and what ``max_length`` would do to them."""
+
+    count: int
+    min: int
+    median: float
+    p95: float
+    max: int
+    max_length: int | None = None
+    over_max_length: int = 0  # samples longer than max_length
+    cut_would_keep: int = 0  # of those, how many keep a trained token when cut at a boundary
+
+    @property
+    def cut_would_drop(self) -> int:
+        """Over-long samples that truncation='cut' drops (truncation='drop' drops all of them)."""
+        return self.over_max_length - self.cut_would_keep
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["cut_would_drop"] = self.cut_would_drop
+        return d
+
+    def format(self) -> str:
+        """One human line, printed by the train and tokenize commands before they work.
+
+        >>> print(LengthSummary(3, 10, 20.0, 29.0, 30, 25, 1, 1).format())
+        tokens per sample (3 samples): min 10, median 20, p95 29, max 30; 1 over max_length 25 \
+(cut: 1 kept, 0 dropped; drop: 1 dropped)
+        """
+        if self.count == 0:
+            return "tokens per sample: no samples"
+        line = (
+            f"tokens per sample ({self.count} samples): min {self.min}, "
+            f"median {self.median:g}, p95 {self.p95:g}, max {self.max}"
+        )
+        if self.max_length is not None:
+            line += (
+                f"; {self.over_max_length} over max_length {self.max_length} "
+                f"(cut: {self.cut_would_keep} kept, {self.cut_would_drop} dropped; "
+                f"drop: {self.over_max_length} dropped)"
+            )
+        return line
+
+
+def summarize_lengths(
+    lengths: Iterable[int] | Iterable[Encoded],
+    max_length: int | None = None,
+    cut_fits: Iterable[bool] | None = None,
+) -> LengthSummary:
+    """min/median/p95/max of token lengths, and how many ``max_length`` would cut or drop.
+
+    Give :class:`Encoded` samples (cut feasibility is computed), or plain lengths together with
+    ``cut_fits`` (per sample: would a cut at a message boundary keep a trained token).
+
+    >>> summarize_lengths([10, 20, 30], max_length=25, cut_fits=[True, True, False]).over_max_length
+    1
+    """
+    items = list(lengths)
+    if items and isinstance(items[0], Encoded):
+        encs: list[Encoded] = items  # type: ignore[assignment]
+        lens = [len(e) for e in encs]
+        fits = [
+            max_length is not None and fit_length(e, max_length, "cut")[0] is not None for e in encs
+        ]
+    else:
+        lens = [int(x) for x in items]  # type: ignore[arg-type]
+        fits = list(cut_fits) if cut_fits is not None else [False] * len(lens)
+        if len(fits) != len(lens):
+            raise ValueError(f"cut_fits has {len(fits)} entries for {len(lens)} lengths")
+    if not lens:
+        return LengthSummary(0, 0, 0.0, 0.0, 0, max_length)
+    ordered = sorted(lens)
+    over = [f for n, f in zip(lens, fits, strict=True) if max_length is not None and n > max_length]
+    return LengthSummary(
+        count=len(ordered),
+        min=ordered[0],
+        median=_percentile(ordered, 50),
+        p95=_percentile(ordered, 95),
+        max=ordered[-1],
+        max_length=max_length,
+        over_max_length=len(over),
+        cut_would_keep=sum(over),
+    )
+
+
+def _percentile(ordered: Sequence[int], q: float) -> float:
+    # Linear interpolation between closest ranks, the same as numpy.percentile's default.
+    pos = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return float(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
