@@ -14,6 +14,7 @@ encoding.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import Counter
@@ -102,6 +103,56 @@ def _rows_from(path_or_samples: str | Path | Iterable[Mapping[str, Any]]) -> tup
     return "<samples>", list(range(1, len(texts) + 1)), texts
 
 
+class _Recorder:
+    """A tokenizer stand-in that only notes which strings would be encoded."""
+
+    def __init__(self, tok: Tokenizer) -> None:
+        self._tok = tok
+        self.texts: dict[str, None] = {}
+
+    def encode(self, text: str) -> list[int]:
+        self.texts[text] = None
+        return []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tok, name)
+
+
+class _EncodedTable:
+    """A tokenizer view whose ``encode`` looks strings up in a table filled by one batched call.
+
+    Why: per sample, the official layout encodes the same ~430-token tool prompt and the same
+    metadata lines ("\n", "search_hotels\n") again and again, one Python->C++ call per string.
+    Encoding each distinct string of a batch once, in SentencePiece's multithreaded batch call, is
+    what makes this path faster than a plain loop; the ids are the same by construction because
+    the same ``encode_conversation`` assembles them.
+    """
+
+    def __init__(self, tok: Tokenizer, texts: Sequence[str]) -> None:
+        self._tok = tok
+        batch = getattr(tok, "encode_batch", None)
+        encoded = batch(texts) if batch is not None else [tok.encode(t) for t in texts]
+        self._ids = dict(zip(texts, encoded, strict=True))
+
+    def encode(self, text: str) -> list[int]:
+        ids = self._ids.get(text)
+        return list(ids) if ids is not None else self._tok.encode(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tok, name)
+
+
+def _batch_view(samples: Sequence[Any], tok: Tokenizer, compat: str,
+                decode_tools: bool) -> Tokenizer:
+    recorder = _Recorder(tok)
+    for sample in samples:
+        if sample is None:
+            continue
+        with contextlib.suppress(EncodingError):
+            encode_conversation(sample, recorder, compat, decode_tools)  # type: ignore[arg-type]
+    return _EncodedTable(tok, list(recorder.texts))  # type: ignore[return-value]
+
+
 def _encode_batch(
     batch: dict[str, list],
     tok: Tokenizer,
@@ -114,10 +165,19 @@ def _encode_batch(
     # recorded (reason "invalid_sample" + its error) instead of raised, so that it is reported
     # with its line number rather than killing a worker.
     out: dict[str, list] = {k: [] for k in ENCODED_FEATURES if k != "line"}
+    parsed: list[Any] = []
     for text in batch["text"]:
         try:
-            sample = _parse(text)
-            enc = encode_conversation(sample, tok, compat, decode_tools)  # type: ignore[arg-type]
+            parsed.append(_parse(text))
+        except EncodingError as e:
+            parsed.append(e)
+    view = _batch_view([p if not isinstance(p, EncodingError) else None for p in parsed], tok,
+                       compat, decode_tools)
+    for sample in parsed:
+        try:
+            if isinstance(sample, EncodingError):
+                raise sample
+            enc = encode_conversation(sample, view, compat, decode_tools)  # type: ignore[arg-type]
         except EncodingError as e:
             row = ([], [], 0, 0, False, "invalid_sample", str(e))
         else:

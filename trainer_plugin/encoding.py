@@ -26,6 +26,7 @@ True
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import math
 import re
@@ -238,6 +239,24 @@ def decode_double_encoded_tools(tools: Any) -> Any:
 # the encoder
 
 
+def tool_system_prompt(tools: Any) -> str:
+    """The system text the official code builds from ``tools``: the fixed preamble plus
+    ``json.dumps(tools, indent=4, ensure_ascii=False)``.
+
+    >>> tool_system_prompt([])[-2:]
+    '[]'
+    """
+    # json.dumps with indent runs Python's pure-Python encoder and was the largest single cost of
+    # encoding a hotel sample; every sample of a corpus carries the same tools, so the rendering is
+    # memoised on the compact (C-encoded, order-preserving) JSON text.
+    return _tool_system_prompt(json.dumps(tools, ensure_ascii=False))
+
+
+@functools.lru_cache(maxsize=256)
+def _tool_system_prompt(compact: str) -> str:
+    return TOOL_PROMPT + json.dumps(json.loads(compact), indent=4, ensure_ascii=False)
+
+
 def encode_conversation(
     sample: Mapping[str, Any],
     tok: Tokenizer,
@@ -291,9 +310,7 @@ def encode_conversation(
         tools = sample["tools"]
         if decode_tools:
             tools = decode_double_encoded_tools(tools)
-        add(
-            None, "system", "", TOOL_PROMPT + json.dumps(tools, indent=4, ensure_ascii=False), False
-        )
+        add(None, "system", "", tool_system_prompt(tools), False)
 
     for i, m in enumerate(conversations):
         where = f"conversations[{i}]"
