@@ -34,6 +34,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.strict:
         overrides.append("strict=true")
+    if args.dry_run:
+        overrides.append("llm.dry_run=true")
     cfg = load_config(args.config, overrides=overrides, out=args.out)
     manifest = Pipeline(cfg).run(progress=not args.quiet)
     counts = manifest["counts"]
@@ -47,6 +49,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = manifest.get("artifacts", {}).get("report")
     if report:
         print(f"  report:   {report}")
+    estimate = (manifest.get("artifacts", {}).get("llm") or {}).get("dry_run")
+    if args.dry_run and estimate:
+        print(f"  LLM dry run (nothing was sent): {estimate}")
     return EXIT_OK
 
 
@@ -107,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "--set stages.split.ratios=[0.7,0.2,0.1] (repeatable)")
     r.add_argument("--strict", action="store_true", help="stop at the first rejected record")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--dry-run", action="store_true",
+                   help="make no LLM request: estimate requests, tokens and cost of the LLM ops "
+                   "instead (the rest of the pipeline runs as usual)")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("convert", help="one corpus layout in, ChatGLM3 JSONL out",

@@ -135,6 +135,21 @@ def load_config(path: str | Path, overrides: list[str] | None = None,
     return config_from_dict(raw, base_dir=p.parent, overrides=overrides, out=out)
 
 
+def _resolve_llm(llm: dict[str, Any], resolve: Any) -> dict[str, Any]:
+    if not isinstance(llm, dict):
+        raise ConfigError(f"'llm' must be a mapping of client options, got {llm!r}")
+    out = dict(llm)
+    if out.get("cache_dir"):
+        out["cache_dir"] = resolve(out["cache_dir"])
+    for key in out:
+        # The key itself never belongs in a config file (it would end up in manifests): only the
+        # name of the environment variable that holds it.
+        if key.lower() in ("api_key", "key", "openai_api_key"):
+            raise ConfigError(f"llm.{key}: do not put an API key in the config; set it in the "
+                              "environment and name the variable with llm.api_key_env")
+    return out
+
+
 def config_from_dict(raw: dict[str, Any], base_dir: str | Path = ".",
                      overrides: list[str] | None = None, out: str | None = None) -> RunConfig:
     raw = copy.deepcopy(raw)
@@ -171,6 +186,6 @@ def config_from_dict(raw: dict[str, Any], base_dir: str | Path = ".",
         out=out or resolve(raw.get("out")),
         tokenizer=resolve(raw.get("tokenizer")),
         hotel_db=resolve(raw.get("hotel_db")),
-        llm=dict(raw.get("llm") or {}),
+        llm=_resolve_llm(raw.get("llm") or {}, resolve),
         raw=raw,
     )
