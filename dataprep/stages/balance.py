@@ -1,0 +1,276 @@
+"""``balance``: even out a label's distribution by capping, flooring or weighting.
+
+The label is chosen per corpus (``label``, a name or a mapping corpus -> name):
+
+- ``label``: the record's own label (SPO: its rarest relation; whatever the reader set);
+- ``scenario``: the hotel dialogue's scenario, :func:`dataprep.hotel_db.scenario_label`
+  (facility / rating / price / name / type / followup / closing);
+- ``answer_length`` / ``doc_length``: doc-QA length buckets of the answer or of the positive
+  documents, in characters (edges in ``buckets``);
+- ``meta.KEY``: any value the reader put in ``meta``.
+
+Modes: ``cap`` downsamples every class above ``cap`` records (seeded sample, removed with reason
+``balance_downsample``); ``floor`` upsamples every class below ``floor`` with copies made by
+``Conversation.derive`` (op ``balance_upsample``, same group id, so a copy always lands in its
+parent's split); ``both`` does both; ``weight`` keeps every record and sets ``weight`` to
+``total / (classes × class size)`` (mean weight 1; ``max_weight`` clips it; "after" then holds
+each class's weighted mass). ``cap``/``floor``
+are an integer count or a float ratio of the median class size (``cap: 2.0`` = twice the median).
+
+Where it runs matters. After ``split`` it touches only ``splits`` (default ``[train]``): a copy of a
+dev or test record would only inflate evaluation, and capping them would bias it. Before
+``split`` it works on every record, and the splitter keeps each copy with its parent.
+
+Sampling is deterministic: members of a class are sorted by id and shuffled with a generator
+seeded by the run seed and the class, so the result does not depend on input order.
+
+Each corpus, and after the split each balanced split, is balanced on its own (its own median).
+
+``ctx.stats["balance"]``: label, mode, splits, ``before``/``after`` class sizes (flat, keyed
+``corpus:label`` or ``corpus/split:label`` when several groups are balanced), ``by_corpus`` (one
+entry per group) with the resolved cap, floor and median, ``removed``, ``added`` and, in weight
+mode, ``weights``.
+
+>>> Balance(mode="cap", cap=2.0).cap
+2.0
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from dataprep.errors import ConfigError
+from dataprep.record import Conversation
+from dataprep.stages.base import RunContext, Stage
+
+MODES = ("cap", "floor", "both", "weight")
+DEFAULT_BUCKETS = {"answer_length": (10, 30, 100, 300), "doc_length": (500, 1000, 2000, 5000)}
+NO_LABEL = "(none)"
+
+
+def length_bucket(n: int, edges: Iterable[int]) -> str:
+    """The bucket name of a length: ``"0-10"``, ``"11-30"``, ... ``">300"``.
+
+    >>> length_bucket(7, (10, 30)), length_bucket(30, (10, 30)), length_bucket(31, (10, 30))
+    ('0-10', '11-30', '>30')
+    """
+    lo = 0
+    for edge in edges:
+        if n <= edge:
+            return f"{lo}-{edge}"
+        lo = edge + 1
+    return f">{lo - 1}"
+
+
+def label_function(name: str, buckets: Iterable[int] | None = None) -> Callable[[Conversation], str]:
+    """A function record -> class name for a ``label`` option value (see the module docstring).
+
+    >>> from dataprep.record import Lineage, Message
+    >>> rec = Conversation(id="a", messages=[Message("user", "q")], meta={"answer": "北京"},
+    ...                    lineage=Lineage(source="s", line=1, group_id="a"))
+    >>> label_function("answer_length")(rec)
+    '0-10'
+    """
+    if name == "label":
+        return lambda rec: rec.label if rec.label is not None else NO_LABEL
+    if name == "scenario":
+        from dataprep.hotel_db import scenario_label
+
+        return scenario_label
+    if name in DEFAULT_BUCKETS:
+        edges = tuple(buckets) if buckets is not None else DEFAULT_BUCKETS[name]
+        if list(edges) != sorted(set(edges)):
+            raise ConfigError(f"balance.buckets must be increasing numbers, got {list(edges)}")
+        if name == "answer_length":
+            def answer_len(rec: Conversation) -> str:
+                answer = rec.meta.get("answer")
+                return length_bucket(len(answer), edges) if isinstance(answer, str) else NO_LABEL
+
+            return answer_len
+
+        def doc_len(rec: Conversation) -> str:
+            docs = rec.meta.get("positive_docs")
+            if not isinstance(docs, list):
+                return NO_LABEL
+            return length_bucket(sum(len(d) for d in docs if isinstance(d, str)), edges)
+
+        return doc_len
+    if name.startswith("meta."):
+        key = name[5:]
+        return lambda rec: str(rec.meta[key]) if rec.meta.get(key) is not None else NO_LABEL
+    raise ConfigError(f"balance.label: unknown label {name!r}; use label, scenario, "
+                      "answer_length, doc_length or meta.KEY")
+
+
+def resolve_count(name: str, value: int | float, median: float) -> int:
+    """An absolute count, or a ratio of the median class size (floats).
+
+    >>> resolve_count("cap", 2.0, 150), resolve_count("cap", 300, 150)
+    (300, 300)
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"balance.{name} must be a positive count (int) or a ratio of the "
+                          f"median class size (float), got {value!r}")
+    return int(value) if isinstance(value, int) else max(1, round(value * median))
+
+
+class Balance(Stage):
+    """Options: ``label`` (name, or corpus -> name), ``mode`` (cap|floor|both|weight), ``cap``,
+    ``floor``, ``max_weight``, ``splits`` (after split; default ``[train]``), ``buckets``
+    (length bucket edges), ``seed`` (default: the run seed). See the module docstring."""
+
+    name = "balance"
+
+    def __init__(self, *, label: str | dict[str, str] = "label", mode: str = "cap",
+                 cap: int | float | None = None, floor: int | float | None = None,
+                 max_weight: float | None = None, splits: list[str] | None = None,
+                 buckets: list[int] | None = None, seed: int | None = None) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"balance.mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode in ("cap", "both") and cap is None:
+            raise ConfigError(f"balance: mode {mode!r} needs 'cap' (a count, or a float ratio "
+                              "of the median class size such as 2.0)")
+        if mode in ("floor", "both") and floor is None:
+            raise ConfigError(f"balance: mode {mode!r} needs 'floor' (a count, or a float ratio "
+                              "of the median class size such as 0.5)")
+        for opt, value in (("cap", cap), ("floor", floor)):
+            if value is not None:
+                resolve_count(opt, value, 1.0)  # type check now, not at the first record
+        if max_weight is not None and max_weight <= 0:
+            raise ConfigError(f"balance.max_weight must be positive, got {max_weight!r}")
+        if splits is not None and (not splits or not all(isinstance(s, str) for s in splits)):
+            raise ConfigError(f"balance.splits must be a list of split names, got {splits!r}")
+        self.label = label
+        self.mode = mode
+        self.cap = cap
+        self.floor = floor
+        self.max_weight = max_weight
+        self.splits = list(splits) if splits is not None else None
+        self.buckets = list(buckets) if buckets is not None else None
+        self.seed = seed
+        for name in (label.values() if isinstance(label, dict) else [label]):
+            if name != "scenario":  # imported lazily: it needs the hotel module
+                label_function(name, self.buckets)
+
+    def _label_of(self, corpus: str) -> Callable[[Conversation], str]:
+        name = self.label.get(corpus, "label") if isinstance(self.label, dict) else self.label
+        return label_function(name, self.buckets)
+
+    def run(self, records: Iterable[Conversation], ctx: RunContext) -> Iterator[Conversation]:
+        recs = list(records)
+        after_split = any(r.split is not None for r in recs)
+        if self.splits is not None and not after_split:
+            raise ConfigError("balance.splits only applies after the 'split' stage; put "
+                              "'balance' after 'split' or drop the 'splits' option")
+        targets = set(self.splits or ["train"]) if after_split else None
+        seed = ctx.seed if self.seed is None else self.seed
+
+        # Classes per corpus and per split: each balanced split is balanced on its own.
+        classes: dict[tuple[str, str], dict[str, list[Conversation]]] = defaultdict(
+            lambda: defaultdict(list))
+        label_fns: dict[str, Callable[[Conversation], str]] = {}
+        for rec in recs:
+            if targets is not None and rec.split not in targets:
+                continue
+            if rec.corpus not in label_fns:
+                label_fns[rec.corpus] = self._label_of(rec.corpus)
+            classes[(rec.corpus, rec.split or "")][label_fns[rec.corpus](rec)].append(rec)
+
+        removed: set[int] = set()
+        copies: dict[int, list[Conversation]] = defaultdict(list)
+        by_corpus: dict[str, Any] = {}
+        several_splits = len({split for _, split in classes}) > 1
+        for corpus, split in sorted(classes):
+            key = corpus or "(none)"
+            if several_splits:
+                key = f"{key}/{split}"
+            by_corpus[key] = self._balance_group(
+                f"{corpus}:{split}", classes[(corpus, split)], seed, ctx, removed, copies)
+
+        out = []
+        for rec in recs:
+            if id(rec) in removed:
+                continue
+            out.append(rec)
+            out.extend(copies.get(id(rec), []))
+        self._write_stats(ctx, by_corpus, after_split, targets)
+        yield from out
+
+    def _balance_group(self, group: str, members: dict[str, list[Conversation]], seed: int,
+                        ctx: RunContext, removed: set[int],
+                        copies: dict[int, list[Conversation]]) -> dict[str, Any]:
+        sizes = {label: len(v) for label, v in members.items()}
+        median = statistics.median(sizes.values())
+        cap = resolve_count("cap", self.cap, median) if self.mode in ("cap", "both") else None
+        floor = (resolve_count("floor", self.floor, median)
+                 if self.mode in ("floor", "both") else None)
+        if cap is not None and floor is not None and floor > cap:
+            raise ConfigError(f"balance: floor {floor} is above cap {cap} for {group!r}")
+        after: dict[str, float] = {}
+        weights: dict[str, float] = {}
+        total = sum(sizes.values())
+        for label in sorted(members):
+            pool = sorted(members[label], key=lambda r: r.id)
+            random.Random(f"{seed}:balance:{group}:{label}").shuffle(pool)
+            n = len(pool)
+            if cap is not None and n > cap:
+                for rec in pool[cap:]:
+                    removed.add(id(rec))
+                    ctx.remove(rec, "balance_downsample",
+                               f"class {label!r} has {n} records, over cap {cap}; "
+                               f"a seeded sample of {cap} is kept", stage=self.name)
+                n = cap
+            elif floor is not None and n < floor:
+                need = floor - n
+                made: Counter[str] = Counter()
+                for j in range(need):
+                    parent = pool[j % len(pool)]
+                    made[parent.id] += 1
+                    child = parent.derive(f"{parent.id}#up{made[parent.id]}", "balance_upsample",
+                                          balance_label=label)
+                    copies[id(parent)].append(ctx.add(child, "balance_upsample"))
+                n = floor
+            elif self.mode == "weight":
+                w = total / (len(members) * n)
+                if self.max_weight is not None:
+                    w = min(w, self.max_weight)
+                weights[label] = round(w, 6)
+                for rec in pool:
+                    rec.weight = weights[label]
+                after[label] = round(n * weights[label], 3)  # the class's effective mass
+                continue
+            after[label] = n
+        info: dict[str, Any] = {
+            "before": dict(sorted(sizes.items())), "after": after, "median": median, "cap": cap,
+            "floor": floor, "removed": 0, "added": 0}
+        if self.mode != "weight":
+            info["removed"] = sum(max(sizes[k] - int(after[k]), 0) for k in sizes)
+            info["added"] = sum(max(int(after[k]) - sizes[k], 0) for k in sizes)
+        if self.mode == "weight":
+            info["weights"] = weights
+        return info
+
+    def _write_stats(self, ctx: RunContext, by_corpus: dict[str, Any], after_split: bool,
+                     targets: set[str] | None) -> None:
+        multi = len(by_corpus) > 1
+
+        def flat(key: str) -> dict[str, Any]:
+            return {(f"{c}:{label}" if multi else label): n
+                    for c, info in by_corpus.items() for label, n in info[key].items()}
+
+        before, after = flat("before"), flat("after")
+        st = ctx.stats[self.name]
+        st.update({
+            "label": self.label, "mode": self.mode,
+            "applied": "after_split" if after_split else "before_split",
+            "splits": sorted(targets) if targets is not None else "all",
+            "before": before, "after": after, "by_corpus": by_corpus,
+            "removed": sum(info["removed"] for info in by_corpus.values()),
+            "added": sum(info["added"] for info in by_corpus.values()),
+        })
+        if self.mode == "weight":
+            st["weights"] = flat("weights")
