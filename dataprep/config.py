@@ -157,6 +157,10 @@ def config_from_dict(raw: dict[str, Any], base_dir: str | Path = ".",
     for ov in overrides or []:
         key, value = parse_override(ov)
         _set_path(raw, key, value)
+        if key == "stages" or key.startswith("stages."):
+            if not isinstance(raw["stages"], list):
+                raise ConfigError(f"--set {key}: 'stages' must be a list, got {raw['stages']!r}")
+            raw["stages"] = normalise_stages(raw["stages"])
     unknown = set(raw) - TOP_KEYS
     if unknown:
         raise ConfigError(f"unknown config keys {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")

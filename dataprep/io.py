@@ -179,12 +179,21 @@ class AtomicWriter:
             if exc_type is None:
                 self._fh.flush()
                 os.fsync(self._fh.fileno())
+                # mkstemp creates 0600 files; a split should be as readable as any file the
+                # user creates, so apply the process umask to 0666.
+                os.fchmod(self._fh.fileno(), 0o666 & ~_umask())
             self._fh.close()
             if exc_type is None:
                 os.replace(self._tmp, self.path)
         finally:
             if os.path.exists(self._tmp):
                 os.unlink(self._tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

@@ -110,30 +110,44 @@ class Pipeline:
         for _ in stream:
             pass
         ctx.write_rejects()
+        finish_seconds: dict[str, float] = {}
         for stage in self.stages:
             finish = getattr(stage, "finish", None)
             if finish is not None:
+                t0 = time.perf_counter()
                 finish(ctx)
+                finish_seconds[stage.name] = time.perf_counter() - t0
         left, right = ctx.counts.balance()
         if left != right:
             raise AccountingError(
                 f"records unaccounted for: input − rejected − removed + added = {left} but "
                 f"train + dev + test = {right}; a stage dropped records without a reason")
-        manifest = self.manifest(ctx, out, started)
+        manifest = self.manifest(ctx, out, started, finish_seconds)
         write_json_atomic(out / "manifest.json", manifest)
+        # Every after-manifest hook runs (the report must be built even when an expectation
+        # failed); the first error is raised once they all had their turn.
+        first_error: BaseException | None = None
         for stage in self.stages:
             after = getattr(stage, "after_manifest", None)
-            if after is not None:
+            if after is None:
+                continue
+            try:
                 after(ctx, manifest)
+            except Exception as e:  # noqa: BLE001 - re-raised below
+                first_error = first_error or e
+        if first_error is not None:
+            raise first_error
         return manifest
 
-    def manifest(self, ctx: RunContext, out: Path, started: float) -> dict[str, Any]:
-        # Timings are cumulative along the generator chain; subtract to get each stage's own.
+    def manifest(self, ctx: RunContext, out: Path, started: float,
+                 finish_seconds: dict[str, float] | None = None) -> dict[str, Any]:
+        # Timings are cumulative along the generator chain; subtract to get each stage's own,
+        # then add what its finish() hook took after the stream ended.
         order = ["read", *[s.name for s in self.stages]]
         own, prev = {}, 0.0
         for name in order:
             cum = ctx.timings.get(name, 0.0)
-            own[name] = round(max(cum - prev, 0.0), 4)
+            own[name] = round(max(cum - prev, 0.0) + (finish_seconds or {}).get(name, 0.0), 4)
             prev = max(prev, cum)
         cfg = dict(self.config.raw)
         if "llm" in cfg:

@@ -46,3 +46,22 @@ def test_unknown_stage_lists_the_available_ones(tmp_path: Path) -> None:
         build_stages([{"name": "split"}])
     with pytest.raises(ConfigError, match="three non-negative numbers"):
         build_stages([{"name": "split", "ratios": [1, 1]}, {"name": "write"}])
+
+
+def test_whole_stage_list_can_be_overridden(tmp_path: Path) -> None:
+    p = _write(tmp_path, "name: t\ninputs: [{reader: spo, path: a.jsonl}]\n")
+    cfg = load_config(p, overrides=["stages=[validate, {name: split, ratios: [1, 0, 0]}, write]"])
+    assert cfg.stages == [{"name": "validate"}, {"name": "split", "ratios": [1, 0, 0]},
+                          {"name": "write"}]
+    with pytest.raises(ConfigError, match="must be a list"):
+        load_config(p, overrides=["stages=validate"])
+
+
+def test_api_keys_are_refused_in_configs(tmp_path: Path) -> None:
+    p = _write(tmp_path, "name: t\ninputs: [{reader: spo, path: a.jsonl}]\n"
+                         "llm: {model: m, api_key: sk-secret, cache_dir: cache}\n")
+    with pytest.raises(ConfigError, match="do not put an API key in the config"):
+        load_config(p)
+    p = _write(tmp_path, "name: t\ninputs: [{reader: spo, path: a.jsonl}]\n"
+                         "llm: {model: m, cache_dir: cache}\n")
+    assert load_config(p).llm["cache_dir"] == str(tmp_path / "cache")

@@ -106,3 +106,15 @@ def test_a_stage_that_loses_records_fails_the_accounting(tmp_path: Path, corpora
     src = corpora / "spo-repair-records" / "spo_0.subset.json"
     with pytest.raises(AccountingError, match="unaccounted"):
         Pipeline(config_from_dict(_spo_config(src))).run(tmp_path, progress=False)
+
+
+def test_outputs_are_readable_like_any_user_file(corpora: Path, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    src = corpora / "spo-repair-records" / "spo_0.subset.json"
+    Pipeline(config_from_dict(_spo_config(src))).run(tmp_path, progress=False)
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("train.jsonl", "manifest.json", "rejects.jsonl"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask
