@@ -8,9 +8,10 @@ added to ``lineage.extra["flags"]``) or ``off``:
 
 - ``first_turn_not_user`` (reject): the first message after an optional system one is a user's;
 - ``consecutive_user`` (reject): no two user messages in a row (the first is never answered);
-- ``tool_out_of_order`` (reject): a tool message follows a user or an assistant message;
+- ``tool_out_of_order`` (reject): a tool message follows a user, assistant or tool message;
 - ``tool_not_followed_by_assistant`` (reject): what follows a tool message is an assistant one
-  (the lab data has 24 calls with no result followed by the next user question);
+  or another call (the lab data has 24 calls whose result nobody answers: the next turn is the
+  user's correction);
 - ``observation_out_of_order`` (reject): a bare observation follows an assistant or tool message;
 - ``unknown_relation`` (reject), spo: every triple's relation is in ``relations``;
 - ``triple_not_in_text`` (reject), spo: every subject and object occurs in the source text;
@@ -141,13 +142,15 @@ def role_order_problems(roles: list[str]) -> list[Problem]:
             out.append(("consecutive_user", f"/conversations/{i}: two user messages in a row; "
                         "the first one is never answered"))
         if role == "tool":
-            if prev not in ("user", "assistant"):
+            # Back-to-back calls are valid ChatGLM3 (a second search after the first one's
+            # result, e.g. CrossWOZ's relaxed constraints); a call answered by the user is not.
+            if prev not in ("user", "assistant", "tool"):
                 out.append(("tool_out_of_order", f"/conversations/{i}: a tool call must follow a "
-                            f"user or assistant message, found {prev or 'nothing'!r} before it"))
-            if nxt is not None and nxt != "assistant":
+                            f"user, assistant or tool message, found {prev or 'nothing'!r}"))
+            if nxt is not None and nxt not in ("assistant", "tool"):
                 out.append(("tool_not_followed_by_assistant",
-                            f"/conversations/{i + 1}: expected an assistant message after the "
-                            f"tool call, found {nxt!r}"))
+                            f"/conversations/{i + 1}: expected an assistant message (or another "
+                            f"call) after the tool call, found {nxt!r}"))
         if role == "observation" and prev not in ("assistant", "tool"):
             out.append(("observation_out_of_order", f"/conversations/{i}: an observation must "
                         f"follow an assistant or tool message, found {prev or 'nothing'!r}"))

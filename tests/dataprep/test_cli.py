@@ -94,3 +94,24 @@ def test_run_then_validate_every_output_line(tmp_path: Path, repo_root: Path) ->
         assert v.returncode == 0, v.stdout
     m = json.loads((tmp_path / "manifest.json").read_text())
     assert m["counts"]["input"] == 32 and sum(m["counts"]["rejected"].values()) == 5
+
+
+def test_convert_exits_0_when_only_removals_by_design(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                      repo_root: Path) -> None:
+    # The shipped CrossWOZ sample holds dialogues without a separable hotel part (removed by
+    # design) and one deliberately broken dialogue (rejected); keep all but the broken one.
+    sample = json.loads((repo_root / "data" / "crosswoz_sample.json").read_text(encoding="utf-8"))
+    src = tmp_path / "cw.json"
+    out = tmp_path / "cw.jsonl"
+    args = ["convert", "--from", "crosswoz", str(src), "--out", str(out),
+            "--hotel-db", str(repo_root / "data" / "hotel_db_sample.json")]
+    src.write_text(json.dumps(sample, ensure_ascii=False), encoding="utf-8")
+    assert main(args) == 1
+    assert "[wrong_type]" in capsys.readouterr().err
+    sample = {k: v for k, v in sample.items() if k != "1011"}
+    src.write_text(json.dumps(sample, ensure_ascii=False), encoding="utf-8")
+    rc = main(args)
+    captured = capsys.readouterr()
+    assert "(removed by design)" in captured.err
+    assert "0 rejected" in captured.out
+    assert rc == 0

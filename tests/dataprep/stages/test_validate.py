@@ -34,8 +34,8 @@ def _validate(recs: list[Conversation], ctx: RunContext, **options: object) -> l
     (["system", "assistant", "user", "assistant"], ["first_turn_not_user"]),
     (["user", "user", "assistant"], ["consecutive_user"]),
     (["user", "tool", "user", "assistant"], ["tool_not_followed_by_assistant"]),
-    (["user", "tool", "tool", "assistant"],
-     ["tool_not_followed_by_assistant", "tool_out_of_order"]),
+    (["user", "tool", "tool", "assistant"], []),  # back-to-back calls are valid ChatGLM3
+    (["system", "tool", "assistant"], ["first_turn_not_user", "tool_out_of_order"]),
     (["user", "observation", "assistant"], ["observation_out_of_order"]),
 ])
 def test_role_order(roles: list[str], codes: list[str]) -> None:
@@ -234,3 +234,12 @@ def test_hotel_rules_need_the_database(lab_dev: list[Conversation], tmp_path: Pa
 def test_bad_options(options: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         Validate(**options)
+
+
+def test_back_to_back_tool_calls_are_valid_but_a_call_answered_by_the_user_is_not() -> None:
+    from dataprep.stages.validate import role_order_problems
+
+    assert role_order_problems(["user", "tool", "tool", "assistant"]) == []
+    assert role_order_problems(["user", "assistant", "tool", "tool", "assistant"]) == []
+    (problem,) = role_order_problems(["user", "tool", "user", "assistant"])
+    assert problem[0] == "tool_not_followed_by_assistant"
