@@ -115,6 +115,7 @@ class Pipeline:
             finish = getattr(stage, "finish", None)
             if finish is not None:
                 t0 = time.perf_counter()
+                ctx.current_stage = stage.name
                 finish(ctx)
                 finish_seconds[stage.name] = time.perf_counter() - t0
         left, right = ctx.counts.balance()

@@ -28,6 +28,7 @@ class Counts:
     rejected: Counter = field(default_factory=Counter)
     removed: Counter = field(default_factory=Counter)
     added: Counter = field(default_factory=Counter)
+    added_by_stage: Counter = field(default_factory=Counter)
     splits: Counter = field(default_factory=Counter)
 
     def as_manifest(self) -> dict[str, Any]:
@@ -37,6 +38,7 @@ class Counts:
             "removed": dict(sorted(self.removed.items())),
             "added": sum(self.added.values()),
             "added_by_op": dict(sorted(self.added.items())),
+            "added_by_stage": dict(sorted(self.added_by_stage.items())),
             "train": self.splits.get("train", 0),
             "dev": self.splits.get("dev", 0),
             "test": self.splits.get("test", 0),
@@ -68,6 +70,9 @@ class RunContext:
         self._tokenizer: Any = None
         self._hotel_db: Any = None
         self.artifacts: dict[str, Any] = {}
+        # The stage whose code is running right now (maintained by ``timed``), so that an
+        # addition is credited to the stage that made it.
+        self.current_stage = "read"
 
     # -- bookkeeping -------------------------------------------------------------------------
     def count_input(self, n: int = 1) -> None:
@@ -97,6 +102,7 @@ class RunContext:
     def add(self, rec: Conversation, op: str) -> Conversation:
         """Announce a record a stage created (augmentation, upsampling)."""
         self.counts.added[op] += 1
+        self.counts.added_by_stage[self.current_stage] += 1
         return rec
 
     def stat(self, stage: str, key: str, inc: int = 1) -> None:
@@ -176,12 +182,14 @@ def timed(stage_name: str, records: Iterable[Conversation], ctx: RunContext) -> 
     it = iter(records)
     while True:
         t0 = time.perf_counter()
+        outer, ctx.current_stage = ctx.current_stage, stage_name
         try:
             rec = next(it)
         except StopIteration:
-            ctx.timings[stage_name] += time.perf_counter() - t0
             return
-        ctx.timings[stage_name] += time.perf_counter() - t0
+        finally:
+            ctx.current_stage = outer
+            ctx.timings[stage_name] += time.perf_counter() - t0
         yield rec
 
 

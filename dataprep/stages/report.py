@@ -219,16 +219,20 @@ class _Charts:
 # -- the page --------------------------------------------------------------------------------
 def _stage_rows(manifest: dict[str, Any], rejects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Records in/out per stage: rejects and removals by the stage named in rejects.jsonl,
-    additions by the stage their op is named after (``balance_upsample`` -> balance)."""
+    additions by the stage that made them (``counts.added_by_stage``)."""
     counts = manifest["counts"]
     names = ["read", *[s["name"] for s in manifest.get("stages", [])]]
     by_stage: dict[str, Counter[str]] = defaultdict(Counter)
     for g in rejects:
         by_stage[g["stage"]][g["kind"]] += g["count"]
     added: dict[str, int] = defaultdict(int)
-    for op, n in (counts.get("added_by_op") or {}).items():
-        owner = next((s for s in names if op == s or op.startswith(f"{s}_")), "other")
-        added[owner] += n
+    if "added_by_stage" in counts:  # the runner credits each addition to the stage that made it
+        for stage, n in counts["added_by_stage"].items():
+            added[stage if stage in names else "other"] += n
+    else:  # manifests written before added_by_stage existed
+        for op, n in (counts.get("added_by_op") or {}).items():
+            owner = next((s for s in names if op == s or op.startswith(f"{s}_")), "other")
+            added[owner] += n
     seconds = (manifest.get("seconds") or {}).get("by_stage") or {}
     options = {s["name"]: s.get("options") for s in manifest.get("stages", [])}
     rows, current = [], counts["input"]

@@ -118,3 +118,14 @@ def test_outputs_are_readable_like_any_user_file(corpora: Path, tmp_path: Path) 
     os.umask(mask)
     for name in ("train.jsonl", "manifest.json", "rejects.jsonl"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask
+
+
+def test_additions_are_credited_to_the_stage_that_made_them(tmp_path: Path, repo_root: Path) -> None:
+    from dataprep.config import load_config
+
+    cfg = load_config(repo_root / "configs" / "hotel.yaml",
+                      overrides=["stages=[validate, split, augment, write]"])
+    m = Pipeline(cfg).run(tmp_path, progress=False)
+    c = m["counts"]
+    assert c["added"] > 0
+    assert c["added_by_stage"] == {"augment": c["added"]}
