@@ -4,6 +4,16 @@ Records sharing ``lineage.group_id`` (a source and everything derived from it) a
 same split; within each label stratum, groups are shuffled with the run seed and dealt to whichever
 split is furthest below its target share, so every stratum is split close to the ratios even when
 it is small. Sorting before shuffling makes the result independent of input order.
+
+Decontamination (``decontaminate: true``, the default): after the assignment, the near-duplicate
+search of :mod:`dataprep.dedup` runs over all records, across splits. Every connected cluster of
+duplicates (exact or near, joined transitively, together with the whole group of each member) that
+spans more than one split is moved entirely into one split: the one that already holds most of its
+records, ties to train, then dev. As that pulls records towards train, whole components that have
+no duplicate outside themselves are then moved back to the splits left short, so the ratios hold
+(``rebalance``). The output leakage (dev/test records with an exact or near
+duplicate in train, and dev/test pairs) is then recomputed independently, by indexing the final
+train split and querying dev and test with it, and must be 0.
 """
 
 from __future__ import annotations
@@ -11,10 +21,27 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
+from typing import Any
 
+import numpy as np
+
+from dataprep.dedup import (
+    DEFAULT_NGRAM,
+    DEFAULT_NUM_PERM,
+    DEFAULT_THRESHOLD,
+    FIELDS,
+    Clustering,
+    DedupConfig,
+    UnionFind,
+    call_signature,
+    cross_matches,
+    find_duplicates,
+    sample_key,
+)
 from dataprep.errors import ConfigError
 from dataprep.record import Conversation
 from dataprep.stages.base import RunContext, Stage
+from dataprep.stages.dedup import leakage_report
 
 SPLITS = ("train", "dev", "test")
 
@@ -55,28 +82,229 @@ def assign_splits(records: list[Conversation], ratios: tuple[float, float, float
     return assignment
 
 
+def decontaminate(records: list[Conversation], assignment: dict[str, str], keys: list[str],
+                  config: DedupConfig | None = None, guards: list[str | None] | None = None,
+                  result: Clustering | None = None) -> dict[str, Any]:
+    """Move every duplicate cluster that spans splits into one split, in place in ``assignment``
+    (group id -> split). Returns what moved. ``result`` is ``find_duplicates(keys, config,
+    guards=guards)`` when the caller has it already.
+
+    A cluster is a connected component of exact and verified near-duplicate pairs, closed over
+    groups (a record drags its whole group along, and the group's other records drag their
+    duplicates). Target: the split holding most of the cluster's records; ties -> train, dev, test.
+
+    >>> moves = decontaminate(recs, assignment, keys)  # doctest: +SKIP
+    >>> moves["moved_records"], moves["moved_clusters"]  # doctest: +SKIP
+    (12, 5)
+    """
+    if result is None:
+        result = find_duplicates(keys, config, guards=guards)
+    uf = UnionFind(len(records))
+    uf.parent[:] = result.roots  # components of duplicates (roots are their own parents)
+    first_of_group: dict[str, int] = {}
+    for i, rec in enumerate(records):
+        uf.union(first_of_group.setdefault(rec.lineage.group_id, i), i)
+    roots = uf.roots()
+    order = np.argsort(roots, kind="stable")
+    bounds = np.flatnonzero(np.diff(roots[order])) + 1
+    moved_records = moved_clusters = 0
+    frozen: set[str] = set()  # groups of the clusters that were moved: rebalancing leaves them
+    left: dict[str, Counter] = defaultdict(Counter)  # split -> labels of the records it lost
+    examples: list[dict[str, Any]] = []
+    for members in np.split(order, bounds):
+        if len(members) < 2:
+            continue
+        gids = sorted({records[m].lineage.group_id for m in members})
+        counts = Counter(assignment[records[m].lineage.group_id] for m in members)
+        if len(counts) < 2:
+            continue
+        target = max(SPLITS, key=lambda s: (counts.get(s, 0), -SPLITS.index(s)))
+        moving = [int(m) for m in members if assignment[records[m].lineage.group_id] != target]
+        for m in moving:
+            left[assignment[records[m].lineage.group_id]][records[m].label or ""] += 1
+        moved_records += len(moving)
+        moved_clusters += 1
+        if len(examples) < 20:
+            examples.append({"to": target, "from": dict(sorted(counts.items())),
+                             "ids": [records[m].id for m in moving[:10]]})
+        for gid in gids:
+            assignment[gid] = target
+        frozen.update(gids)
+    return {"moved_records": moved_records, "moved_clusters": moved_clusters,
+            "near_pairs_verified": len(result.edges), "examples": examples,
+            "components": roots, "frozen": frozen, "left": left}
+
+
+def rebalance(records: list[Conversation], assignment: dict[str, str],
+              ratios: tuple[float, float, float], seed: int, components: np.ndarray,
+              frozen: set[str], lost: dict[str, Counter] | None = None) -> int:
+    """Restore the ratios after decontamination by moving whole, untouched components.
+
+    Decontamination pulls clusters towards train (where most records are), so dev and test end up
+    short. A component (records joined by duplicates and groups; ``components[i]`` is record i's
+    root) that lies entirely in one split has no duplicate anywhere else, so moving it cannot leak.
+    Each split below its target takes, in a seeded order, components no larger than its remaining
+    deficit from splits that stay at or above theirs, first of the labels it lost (``lost``: split
+    -> label counts, to keep strata balanced), then of any label. Groups in ``frozen`` (the moved
+    clusters) stay put. Returns the number of records moved.
+
+    >>> moves = decontaminate(recs, assignment, keys)  # doctest: +SKIP
+    >>> rebalance(recs, assignment, (0.8, 0.1, 0.1), 42, moves["components"], moves["frozen"],
+    ...           moves["left"])  # doctest: +SKIP
+    11
+    """
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, root in enumerate(components.tolist()):
+        members[root].append(i)
+    comps = []
+    for root in sorted(members):
+        gids = {records[i].lineage.group_id for i in members[root]}
+        if gids & frozen:
+            continue
+        label = Counter(records[i].label or "" for i in members[root]).most_common(1)[0][0]
+        comps.append((root, len(members[root]), label, sorted(gids)))
+    random.Random(seed).shuffle(comps)
+    total = len(records)
+    sizes = Counter(assignment[r.lineage.group_id] for r in records)
+    target = {s: ratios[k] * total for k, s in enumerate(SPLITS)}
+    moved = 0
+    used: set[int] = set()
+    for receiver in SPLITS:
+        wanted = Counter((lost or {}).get(receiver, {}))
+        for prefer_lost in (True, False):
+            for root, size, label, gids in comps:
+                need = target[receiver] - sizes[receiver]
+                if need < 0.5:
+                    break
+                donor = assignment[gids[0]]
+                if (root in used or donor == receiver or size > need + 0.5
+                        or sizes[donor] - size < target[donor] - 0.5
+                        or (prefer_lost and wanted[label] <= 0)):
+                    continue
+                for gid in gids:
+                    assignment[gid] = receiver
+                sizes[donor] -= size
+                sizes[receiver] += size
+                wanted[label] -= size
+                used.add(root)
+                moved += size
+    return moved
+
+
+def output_leakage(records: list[Conversation], keys: list[str],
+                   config: DedupConfig | None = None,
+                   guards: list[str | None] | None = None) -> dict[str, Any]:
+    """Independent audit of the final splits: index train, query dev and test with it (and index
+    dev, query test). ``rate`` = dev/test records with an exact or near duplicate in train.
+
+    >>> output_leakage(recs, keys)["leaked"]  # doctest: +SKIP
+    0
+    """
+    by_split: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for i, rec in enumerate(records):
+        if rec.split in by_split:
+            by_split[rec.split].append(i)
+    held = by_split["dev"] + by_split["test"]
+
+    def hits(index: list[int], query: list[int]) -> list[tuple[int, int, float]]:
+        return cross_matches(
+            [keys[i] for i in index], [keys[i] for i in query], config,
+            index_guards=None if guards is None else [guards[i] for i in index],
+            query_guards=None if guards is None else [guards[i] for i in query])
+
+    train_hits = hits(by_split["train"], held)
+    dev_test_hits = hits(by_split["dev"], by_split["test"])
+    leaked = len({q for q, _, _ in train_hits})
+    return {
+        "rate": round(leaked / len(held), 4) if held else 0.0,
+        "leaked": leaked,
+        "dev_test": len(held),
+        "dev_test_pairs": len(dev_test_hits),
+        "pairs_examples": [{"id": records[held[q]].id, "train_id": records[by_split["train"][t]].id,
+                            "similarity": round(sim, 4)} for q, t, sim in train_hits[:20]],
+    }
+
+
 class Split(Stage):
     """Options: ``ratios`` (three numbers, normalised; default 8:1:1), ``stratify`` (use each
-    record's label), ``seed`` (defaults to the run seed)."""
+    record's label), ``seed`` (defaults to the run seed), ``decontaminate`` (move duplicate
+    clusters that span splits into one split, then prove the output has no train/dev/test
+    duplicates; default true; when false the output leakage is still measured and reported),
+    ``threshold``, ``ngram``, ``num_perm``, ``fields`` (the matching
+    settings, as for ``dedup``), ``match_calls`` (as for ``dedup``), ``rebalance`` (after the
+    moves, restore the ratios by moving whole duplicate-free components; default true),
+    ``source_splits`` (file-name glob -> split, for the input leakage audit when no ``dedup``
+    stage ran before).
+
+    >>> Split(ratios=[0.8, 0.1, 0.1], threshold=0.7).describe()["decontaminate"]
+    True
+    """
 
     name = "split"
 
     def __init__(self, ratios: list[float] | tuple[float, ...] = (0.8, 0.1, 0.1),
-                 stratify: bool = True, seed: int | None = None) -> None:
+                 stratify: bool = True, seed: int | None = None, decontaminate: bool = True,
+                 threshold: float = DEFAULT_THRESHOLD, ngram: int = DEFAULT_NGRAM,
+                 num_perm: int = DEFAULT_NUM_PERM, fields: str = "auto", match_calls: bool = True,
+                 rebalance: bool = True, source_splits: dict[str, str] | None = None) -> None:
         if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
             raise ConfigError(f"split.ratios must be three non-negative numbers for train, dev, "
                               f"test (e.g. [0.8, 0.1, 0.1]), got {list(ratios)}")
+        if fields not in FIELDS:
+            raise ConfigError(f"split.fields must be one of {', '.join(FIELDS)}, got {fields!r}")
         s = float(sum(ratios))
         self.ratios = tuple(float(r) / s for r in ratios)
         self.stratify = stratify
         self.seed = seed
+        self.decontaminate = decontaminate
+        self._match = DedupConfig(threshold=threshold, ngram=ngram, num_perm=num_perm)
+        self.threshold = self._match.threshold
+        self.ngram = ngram
+        self.num_perm = num_perm
+        self.fields = fields
+        self.match_calls = match_calls
+        self.rebalance = rebalance
+        self.source_splits = source_splits
 
     def run(self, records: Iterable[Conversation], ctx: RunContext) -> Iterator[Conversation]:
         recs = list(records)
         seed = ctx.seed if self.seed is None else self.seed
         assignment = assign_splits(recs, self.ratios, seed, self.stratify)  # type: ignore[arg-type]
+        keys = [sample_key(r, self.fields) for r in recs]
+        guards = [call_signature(r) for r in recs] if self.match_calls else None
+        result = find_duplicates(keys, self._match, guards=guards)
+        leakage = ctx.artifacts.setdefault("leakage", {})
+        if "input" not in leakage:
+            # No dedup stage ran before (it audits the raw input, before removing anything).
+            leakage["input"] = leakage_report(recs, keys, result, self.source_splits)
+        moves = {"moved_records": 0, "moved_clusters": 0}
+        if self.decontaminate:
+            before = Counter(assignment[r.lineage.group_id] for r in recs)
+            moves = decontaminate(recs, assignment, keys, self._match, guards, result)
+            rebalanced = 0
+            if self.rebalance and moves["moved_records"]:
+                rebalanced = rebalance(
+                    recs, assignment, self.ratios, seed,  # type: ignore[arg-type]
+                    moves["components"], moves["frozen"], moves["left"])
+            ctx.stats[self.name]["decontamination"] = {
+                "moved_records": moves["moved_records"],
+                "moved_clusters": moves["moved_clusters"],
+                "rebalanced_records": rebalanced,
+                "near_pairs_verified": moves["near_pairs_verified"],
+                "records_before": dict(before),
+                "moves": moves["examples"],
+            }
         for rec in recs:
             rec.split = assignment[rec.lineage.group_id]
+        # Recomputed from the final splits with a fresh index, not taken from the moves above.
+        audit = output_leakage(recs, keys, self._match, guards)
+        if self.decontaminate and (audit["leaked"] or audit["dev_test_pairs"]):
+            raise RuntimeError(
+                f"split: {audit['leaked']} dev/test records still have a duplicate in train "
+                f"and {audit['dev_test_pairs']} test records one in dev after "
+                "decontamination; this is a bug in dataprep.stages.split")
+        leakage["output"] = {**audit, "moved_records": moves["moved_records"],
+                             "moved_clusters": moves["moved_clusters"]}
         by_split = Counter(r.split for r in recs)
         ctx.stats[self.name].update({"records": dict(by_split), "groups": len(assignment)})
         yield from recs
