@@ -280,7 +280,11 @@ def _clusters(manifest: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
                                    "reason": r.get("reason"), "similarity": r.get("similarity")}
                                   for r in (c.get("removed") or [])[:5]],
                       "more": max(0, len(c.get("removed") or []) - 5)})
-    return len(clusters), shown
+    # artifacts["dedup_clusters"] holds examples only (capped by dedup.max_examples); the total
+    # comes from the stage's own count.
+    dedup_stats = (manifest.get("stage_stats") or {}).get("dedup") or {}
+    total = dedup_stats.get("clusters", len(clusters))
+    return max(int(total), len(clusters)), shown
 
 
 def rebuild_report(out_dir: str | Path) -> Path:

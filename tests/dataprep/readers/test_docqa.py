@@ -278,7 +278,10 @@ def test_sample_config_runs_with_accounting(repo_root: Path, tmp_path: Path) -> 
     assert counts["input"] == 13 + 8 + 8 + 8
     assert counts["rejected"] == {"answer_not_in_context": 1, "empty_answer": 1,
                                   "empty_question": 1, "no_answer": 1}
-    assert counts["train"] + counts["dev"] + counts["test"] == 37 - 4
+    # The config also dedups (nothing to remove in the sample) and augments train.
+    assert counts["removed"] == {}
+    assert counts["train"] + counts["dev"] + counts["test"] == 37 - 4 + counts["added"]
+    assert counts["added"] == counts["added_by_stage"]["augment"] > 0
     for split in ("train", "dev", "test"):
         text = (tmp_path / "out" / f"{split}.jsonl").read_text(encoding="utf-8")
         for line in filter(None, text.split("\n")):
