@@ -105,8 +105,13 @@ class Pipeline:
         ctx.artifacts["llm_config"] = self.config.llm
         started = time.time()
         stream: Iterable[Conversation] = timed("read", read_all(self.readers, ctx, progress), ctx)
-        for stage in self.stages:
+        for position, stage in enumerate(self.stages, start=1):
             stream = timed(stage.name, stage.run(stream, ctx), ctx)
+            if progress:
+                # One bar per stage: streaming stages advance together, and after a stage that
+                # needs every record (split, dedup) the later bars show where the time goes.
+                stream = tqdm(stream, desc=stage.name, unit="rec", leave=False,
+                              position=position, mininterval=0.5)
         for _ in stream:
             pass
         ctx.write_rejects()
