@@ -43,7 +43,7 @@ from dataprep.hotel_db import HotelDB, hotel_group_id, scenario_label
 from dataprep.io import read_json_document
 from dataprep.readers.base import Item, Reader
 from dataprep.record import Conversation, Lineage, Message
-from dataprep.tools import HOTEL_TOOLS, HOTEL_TYPES, SEARCH_HOTELS_TOOL, check_parameters
+from dataprep.tools import HOTEL_TYPES, SEARCH_HOTELS_TOOL, check_parameters, hotel_tools
 
 HOTEL = "酒店"
 TOOL_NAME = SEARCH_HOTELS_TOOL["name"]
@@ -239,7 +239,7 @@ class CrossWOZReader(Reader):
     needs_hotel_db = True
 
     def configure(self, hotel_db: str | None = None, limit: int = 3,
-                  relaxed_search: bool = True) -> None:
+                  relaxed_search: bool = True, facility_enum: bool = True) -> None:
         if not hotel_db:
             raise ConfigError(f"reader {self.name!r} needs hotel_db (CrossWOZ hotel_db.json): "
                               "pass --hotel-db or set 'hotel_db:' in the config")
@@ -249,6 +249,7 @@ class CrossWOZReader(Reader):
         self.db = HotelDB.load(hotel_db)
         self.limit = limit
         self.relaxed_search = bool(relaxed_search)
+        self.tools = hotel_tools(facility_enum)
 
     def read(self) -> Iterator[Item]:
         data, display = read_json_document(self.path)
@@ -462,7 +463,7 @@ class CrossWOZReader(Reader):
             lineage=Lineage(source=self.source, line=None, item=dialogue_id,
                             group_id=hotel_group_id(first_user or "", calls[0] if calls else None),
                             ops=ops),
-            tools=copy.deepcopy(HOTEL_TOOLS),
+            tools=copy.deepcopy(self.tools),
             corpus=self.corpus,
             meta={"dialogue_id": dialogue_id, "calls": calls,
                   "crosswoz_type": dialogue.get("type"),

@@ -39,7 +39,7 @@ from dataprep.hotel_db import HotelDB, hotel_group_id, scenario_label
 from dataprep.readers.base import Item, Reader
 from dataprep.readers.chatglm3 import ChatGLM3Reader, cut_unanswered_tool_call
 from dataprep.record import MISSING, Conversation, Lineage, Message, Reject
-from dataprep.tools import HOTEL_TOOLS, SEARCH_HOTELS_TOOL, check_parameters
+from dataprep.tools import SEARCH_HOTELS_TOOL, check_parameters, hotel_tools
 
 TOOL_NAME = SEARCH_HOTELS_TOOL["name"]
 
@@ -95,7 +95,7 @@ class HotelLabMixin:
             lineage.extra["facilities_original"] = rewrites
         lineage.ops.append("hotel_tools")
         conv = Conversation(id=rid, messages=messages, lineage=lineage,
-                            tools=copy.deepcopy(HOTEL_TOOLS), corpus=self.corpus,
+                            tools=copy.deepcopy(self.tools), corpus=self.corpus,
                             meta={**meta, "calls": calls,
                                   # The lab's results came from an embedding search, not from
                                   # exact filters: count, do not drop, those that miss a filter.
@@ -103,10 +103,24 @@ class HotelLabMixin:
         return conv
 
 
+def _hotel_setup(reader: Any, hotel_db: str | None, unanswered_tool_call: str,
+                 facility_enum: bool) -> None:
+    """Options both lab readers share: the database, the trailing-call policy, the tool copy."""
+    if not hotel_db:
+        raise ConfigError(f"reader {reader.name!r} needs hotel_db (CrossWOZ hotel_db.json): "
+                          "pass --hotel-db or set 'hotel_db:' in the config")
+    reader.db = HotelDB.load(hotel_db)
+    if unanswered_tool_call not in ("cut", "remove"):
+        raise ConfigError(f"reader {reader.name!r}: unanswered_tool_call must be cut or remove, "
+                          f"got {unanswered_tool_call!r}")
+    reader.tools = hotel_tools(facility_enum)
+
+
 class LabDialogReader(HotelLabMixin, Reader):
     """Reads ``raw_dialogs.jsonl``. Options: ``index`` (the ``*.index.tsv`` naming each line's
     source file; default: ``<stem>.index.tsv`` next to the input when it exists, ``false`` for
-    none), ``unanswered_tool_call`` (``cut`` or ``remove``)."""
+    none), ``unanswered_tool_call`` (``cut`` or ``remove``), ``facility_enum`` (show the model the
+    facility vocabulary in the tool schema; default true, see :func:`~dataprep.tools.hotel_tools`)."""
 
     name = "lab_dialog"
     corpus = "hotel"
@@ -114,14 +128,8 @@ class LabDialogReader(HotelLabMixin, Reader):
     needs_hotel_db = True
 
     def configure(self, hotel_db: str | None = None, index: str | bool | None = None,
-                  unanswered_tool_call: str = "cut") -> None:
-        if not hotel_db:
-            raise ConfigError(f"reader {self.name!r} needs hotel_db (CrossWOZ hotel_db.json): "
-                             "pass --hotel-db or set 'hotel_db:' in the config")
-        self.db = HotelDB.load(hotel_db)
-        if unanswered_tool_call not in ("cut", "remove"):
-            raise ConfigError(f"reader {self.name!r}: unanswered_tool_call must be cut or remove, "
-                             f"got {unanswered_tool_call!r}")
+                  unanswered_tool_call: str = "cut", facility_enum: bool = True) -> None:
+        _hotel_setup(self, hotel_db, unanswered_tool_call, facility_enum)
         self.unanswered = unanswered_tool_call
         self.index = self._load_index(index)
 
@@ -203,7 +211,7 @@ class LabDialogReader(HotelLabMixin, Reader):
 
 class LabChatGLM3Reader(HotelLabMixin, ChatGLM3Reader):
     """Reads the lab's ``*.chatglm3.jsonl``. Options: ``unanswered_tool_call`` (``cut``, default,
-    or ``remove``)."""
+    or ``remove``), ``facility_enum`` (as for ``lab_dialog``)."""
 
     name = "lab_chatglm3"
     corpus = "hotel"
@@ -211,14 +219,9 @@ class LabChatGLM3Reader(HotelLabMixin, ChatGLM3Reader):
     needs_hotel_db = True
     default_unanswered = "cut"
 
-    def configure(self, hotel_db: str | None = None, unanswered_tool_call: str = "cut") -> None:
-        if not hotel_db:
-            raise ConfigError(f"reader {self.name!r} needs hotel_db (CrossWOZ hotel_db.json): "
-                             "pass --hotel-db or set 'hotel_db:' in the config")
-        self.db = HotelDB.load(hotel_db)
-        if unanswered_tool_call not in ("cut", "remove"):
-            raise ConfigError(f"reader {self.name!r}: unanswered_tool_call must be cut or remove, "
-                             f"got {unanswered_tool_call!r}")
+    def configure(self, hotel_db: str | None = None, unanswered_tool_call: str = "cut",
+                  facility_enum: bool = True) -> None:
+        _hotel_setup(self, hotel_db, unanswered_tool_call, facility_enum)
         super().configure(unanswered_tool_call=unanswered_tool_call)
 
     def convert(self, value: Any, line: int, text: str | None) -> Item:

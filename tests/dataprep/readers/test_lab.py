@@ -334,3 +334,30 @@ def test_hotel_config_runs_on_the_samples(tmp_path: Path) -> None:
         written += [json.loads(x) for x in _lines(tmp_path / "out" / f"{split}.jsonl")]
     assert all(schema.output_problems(r) == [] for r in written)
     assert {r["corpus"] for r in written} == {"hotel"}
+
+
+def test_facility_enum_option_shortens_the_tool_prompt_but_not_the_checks(
+        repo_root: Path, tokenizer_dir: Path) -> None:
+    from dataprep.readers.crosswoz import CrossWOZReader
+    from dataprep.readers.lab import LabDialogReader
+    from dataprep.tools import check_parameters
+    from trainer_plugin.encoding import tool_system_prompt
+    from trainer_plugin.tokenizer import load_tokenizer
+
+    db = str(repo_root / "data" / "hotel_db_sample.json")
+    tok = load_tokenizer(tokenizer_dir)
+    for cls, sample in ((LabDialogReader, "lab_dialogs_sample.jsonl"),
+                        (CrossWOZReader, "crosswoz_sample.json")):
+        full = [c for c in cls(repo_root / "data" / sample, hotel_db=db).read()
+                if isinstance(c, Conversation)]
+        lean = [c for c in cls(repo_root / "data" / sample, hotel_db=db, facility_enum=False).read()
+                if isinstance(c, Conversation)]
+        assert [c.messages for c in full] == [c.messages for c in lean]
+        items = lean[0].tools[0]["parameters"]["properties"]["facilities"]["items"]
+        assert "enum" not in items and "enum" in full[0].tools[0]["parameters"]["properties"][
+            "facilities"]["items"]
+        saved = (len(tok.encode(tool_system_prompt(full[0].tools)))
+                 - len(tok.encode(tool_system_prompt(lean[0].tools))))
+        assert saved > 300
+    # Reading still checks calls against the full vocabulary.
+    assert check_parameters({"facilities": ["会飞的床"]})
