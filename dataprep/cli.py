@@ -46,6 +46,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"  splits:   {out}/{{train,dev,test}}.jsonl")
     print(f"  rejects:  {manifest['outputs']['rejects']}")
     print(f"  manifest: {out / 'manifest.json'}")
+    leakage = manifest.get("artifacts", {}).get("leakage") or {}
+    if leakage:
+        inp, outp = leakage.get("input") or {}, leakage.get("output") or {}
+        line = f"  leakage:  output {outp.get('leaked', 0)} of {outp.get('dev_test', 0)} dev/test"
+        if outp.get("moved_records"):
+            line += f" ({outp['moved_records']} records moved to keep clusters in one split)"
+        if inp.get("dev_test"):
+            line += (f"; input {inp.get('leaked', 0)} of {inp['dev_test']} "
+                     f"({100 * inp.get('rate', 0):.1f}%) as shipped")
+        print(line)
     report = manifest.get("artifacts", {}).get("report")
     if report:
         print(f"  report:   {report}")
