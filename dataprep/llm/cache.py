@@ -37,7 +37,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CACHE_FILENAME", "CACHE_KEY_VERSION", "CachedAnswer", "ResponseCache", "cache_key"]
+__all__ = [
+    "CACHE_FILENAME",
+    "CACHE_KEY_VERSION",
+    "CachedAnswer",
+    "ResponseCache",
+    "cache_key",
+    "count_answers",
+]
 
 CACHE_FILENAME = "llm_cache.sqlite3"
 # Bump when the meaning of a key changes (e.g. what goes into it), so old entries stop matching
@@ -207,3 +214,25 @@ class ResponseCache:
 
     def __repr__(self) -> str:
         return f"ResponseCache({str(self.directory)!r})"
+
+
+def count_answers(directory: str | Path) -> int:
+    """Answers stored in the cache under ``directory``, read without creating or locking it.
+
+    Safe to call while another process is writing (e.g. to watch a running job's progress):
+    the connection is read-only, and a cache that does not exist yet counts 0.
+
+    >>> count_answers(tmp_path)  # doctest: +SKIP
+    0
+    """
+    path = Path(directory) / CACHE_FILENAME
+    if not path.exists():
+        return 0
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.OperationalError:  # the writer has not created the table yet
+        return 0

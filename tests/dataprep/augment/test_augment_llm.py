@@ -19,7 +19,6 @@ import hashlib
 import json
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -31,7 +30,7 @@ import yaml
 
 from dataprep.augment.rewrite import REWRITE_SYSTEM_PROMPT, prompt_hash, user_turns
 from dataprep.hotel_db import HotelDB
-from dataprep.llm.cache import CACHE_FILENAME
+from dataprep.llm.cache import count_answers
 from dataprep.llm.fake_server import FakeChatServer, Fault, RequestInfo, first_user_message
 from dataprep.record import Conversation
 from dataprep.stages.augment import DISCARDED_FILE, Augment
@@ -261,20 +260,6 @@ def test_dry_run_sends_nothing(records: list[Conversation], hotel_db_path: Path,
 K_ANSWERED = 12
 
 
-def cache_rows(cache_dir: Path) -> int:
-    path = cache_dir / CACHE_FILENAME
-    if not path.exists():
-        return 0
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            return int(db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
-        finally:
-            db.close()
-    except sqlite3.OperationalError:  # the table is not created yet
-        return 0
-
-
 def write_config(path: Path, lab_input: Path, db_path: Path, base_url: str) -> Path:
     cfg = {
         "name": "augment-resume",
@@ -327,7 +312,7 @@ def test_kill_midway_and_rerun(tmp_path: Path, repo_root: Path, lab_train_path: 
                 answered = sum(e.outcome == "ok" for e in log)
                 return (answered >= K_ANSWERED and not any(e.outcome == "pending" for e in log)
                         and any(e.outcome == "held" for e in log)
-                        and cache_rows(out / "llm_cache") == answered)
+                        and count_answers(out / "llm_cache") == answered)
 
             assert server.wait_until(settled, 40), (tmp_path / "err1.txt").read_text()
             child.send_signal(signal.SIGKILL)

@@ -223,3 +223,14 @@ def test_cache_holds_answers_and_usage_only(tmp_path: Path) -> None:
     db.close()
     assert columns == ["key", "text", "prompt_tokens", "completion_tokens", "model", "created_at"]
     assert len(rows) == 1 and rows[0][4] == "fake-model"
+
+
+def test_count_answers_reads_without_creating(tmp_path) -> None:
+    from dataprep.llm.cache import count_answers
+
+    assert count_answers(tmp_path / "nowhere") == 0
+    assert not (tmp_path / "nowhere").exists()
+    with ResponseCache(tmp_path) as cache:
+        for i in range(3):
+            cache.put(f"k{i}", CachedAnswer("t", 1, 1, "m", 0.0))
+        assert count_answers(tmp_path) == len(cache) == 3

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 
 from dataprep.llm import LLMClient, LLMConfig, LLMRequest
-from dataprep.llm.cache import CACHE_FILENAME
+from dataprep.llm.cache import count_answers
 from dataprep.llm.fake_server import FakeChatServer, Fault, RequestInfo
 
 N_ITEMS = 24
@@ -89,20 +88,6 @@ def child_main() -> None:
     Path(output).write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
 
 
-def cache_rows(cache_dir: Path) -> int:
-    path = cache_dir / CACHE_FILENAME
-    if not path.exists():
-        return 0
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            return int(db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
-        finally:
-            db.close()
-    except sqlite3.OperationalError:  # table not created yet
-        return 0
-
-
 def run_child(
     repo_root: Path, base_url: str, cache_dir: Path, output: Path, stderr: Path
 ) -> subprocess.Popen[bytes]:
@@ -148,7 +133,7 @@ def test_rerun_after_kill_resends_nothing_answered_and_matches_uninterrupted_run
                 return (
                     answered >= K_ANSWERED
                     and not any(e.outcome == "pending" for e in log)
-                    and cache_rows(cache_dir) == answered
+                    and count_answers(cache_dir) == answered
                 )
 
             assert server.wait_until(settled, 30), (tmp_path / "err1.txt").read_text()
