@@ -27,6 +27,7 @@ import html
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any, Literal
@@ -334,3 +335,38 @@ def _diff_count(a: str, b: str) -> int:
     """Characters that differ (position by position; a length change counts as one more)."""
     return sum(1 for x, y in zip(a, b, strict=False) if x != y) + (len(a) != len(b))
 
+
+# -- answer/document overlap ---------------------------------------------------------------
+# Shared by the validate stage (is the answer grounded?) and the DuReader reader (which human
+# answer is best supported?), so the reader picks by the very score the rule later applies.
+
+# Whitespace, punctuation and symbols carry no content for the overlap score.
+_NOT_CONTENT = re.compile(r"[\W_]+")
+
+def char_ngrams(text: str, n: int = 2) -> list[str]:
+    """Character n-grams of the content characters (no whitespace or punctuation); a text shorter
+    than ``n`` is one gram.
+
+    >>> char_ngrams("北京，天坛。")
+    ['北京', '京天', '天坛']
+    """
+    s = _NOT_CONTENT.sub("", text)
+    if len(s) < n:
+        return [s] if s else []
+    return [s[i:i + n] for i in range(len(s) - n + 1)]
+
+
+def grounding_score(answer: str, documents: Iterable[str], n: int = 2) -> float:
+    """Share of the answer's character n-grams that occur in the documents (0.0 .. 1.0).
+
+    >>> grounding_score("故宫在北京", ["北京的故宫是明清两代的皇宫"])
+    0.5
+    """
+    grams = char_ngrams(answer, n)
+    if not grams:
+        return 0.0
+    k = min(n, len(grams[0]))
+    pool: set[str] = set()
+    for doc in documents:
+        pool.update(char_ngrams(doc, k))
+    return sum(1 for g in grams if g in pool) / len(grams)

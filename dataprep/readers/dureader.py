@@ -23,7 +23,6 @@ documents are still usable as a distractor pool via :func:`document_pool`), ``no
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from dataprep.io import iter_jsonl
 from dataprep.readers.base import Item
 from dataprep.readers.docqa import DEFAULT_MAX_DOC_CHARS, DocQAReader, pick_negatives, truncate
 from dataprep.record import Lineage
+from dataprep.text import grounding_score
 
 ANSWER_CHOICES = ("first", "most_supported")
 
@@ -70,27 +70,14 @@ def document_text(doc: dict[str, Any], max_chars: int = DEFAULT_MAX_DOC_CHARS) -
     return truncate(render(lo, hi), max_chars)
 
 
-# Punctuation and spaces carry no content; DuReader documents use half-width punctuation where
-# the answers use full-width, so they would only add noise to the overlap.
-_NOT_CONTENT = re.compile(r"[\W_]+")
-
-
-def _bigrams(text: str) -> set[str]:
-    text = _NOT_CONTENT.sub("", text)
-    return {text[i:i + 2] for i in range(len(text) - 1)} or {text}
-
-
 def support(answer: str, documents: list[str]) -> float:
-    """Share of the answer's character bigrams found in the documents (0..1).
+    """Share of the answer's character bigrams found in the documents (0..1): the same score the
+    validate stage's grounding rule applies (:func:`dataprep.text.grounding_score`).
 
     >>> support("约6300公里", ["长江全长约6300公里。"]), support("很长", ["长江"])
     (1.0, 0.0)
     """
-    grams = _bigrams(answer)
-    if grams == {""}:
-        return 0.0
-    have = set().union(*(_bigrams(d) for d in documents)) if documents else set()
-    return len(grams & have) / len(grams)
+    return grounding_score(answer, documents)
 
 
 def document_pool(path: str | Path, max_chars: int = DEFAULT_MAX_DOC_CHARS) -> list[str]:

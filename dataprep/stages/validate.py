@@ -57,7 +57,6 @@ rates ``triples``, ``grounding`` (overall and by source file) and ``reply_mentio
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +67,7 @@ from dataprep.readers.docqa import UNANSWERABLE_ANSWER
 from dataprep.readers.spo import RELATIONS
 from dataprep.record import MISSING, Conversation
 from dataprep.stages.base import RunContext, Stage
+from dataprep.text import grounding_score
 
 MODES = ("reject", "flag", "off")
 ROLE_ORDER_RULES = ("first_turn_not_user", "consecutive_user", "tool_out_of_order",
@@ -83,43 +83,11 @@ DEFAULT_RULES: dict[str, str] = {
 
 Problem = tuple[str, str]  # (reason code, message)
 
-# Whitespace, punctuation and symbols carry no content for the overlap score.
-_NOT_CONTENT = re.compile(r"[\W_]+")
-
 
 def _squash(text: str) -> str:
     """Text without whitespace: "布丁酒店(北京国贸永安里地铁站店 )" still matches a reply that
     spells the name without the stray space."""
     return "".join(text.split())
-
-
-def char_ngrams(text: str, n: int = 2) -> list[str]:
-    """Character n-grams of the content characters (no whitespace or punctuation); a text shorter
-    than ``n`` is one gram.
-
-    >>> char_ngrams("北京，天坛。")
-    ['北京', '京天', '天坛']
-    """
-    s = _NOT_CONTENT.sub("", text)
-    if len(s) < n:
-        return [s] if s else []
-    return [s[i:i + n] for i in range(len(s) - n + 1)]
-
-
-def grounding_score(answer: str, documents: Iterable[str], n: int = 2) -> float:
-    """Share of the answer's character n-grams that occur in the documents (0.0 .. 1.0).
-
-    >>> grounding_score("故宫在北京", ["北京的故宫是明清两代的皇宫"])
-    0.5
-    """
-    grams = char_ngrams(answer, n)
-    if not grams:
-        return 0.0
-    k = min(n, len(grams[0]))
-    pool: set[str] = set()
-    for doc in documents:
-        pool.update(char_ngrams(doc, k))
-    return sum(1 for g in grams if g in pool) / len(grams)
 
 
 def role_order_problems(roles: list[str]) -> list[Problem]:

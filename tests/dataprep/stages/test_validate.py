@@ -14,7 +14,8 @@ from dataprep.readers.spo import SpoReader
 from dataprep.record import Conversation, Lineage, Message
 from dataprep.stages.base import RunContext
 from dataprep.stages.clean import Clean
-from dataprep.stages.validate import Validate, grounding_score, role_order_problems
+from dataprep.stages.validate import Validate, role_order_problems
+from dataprep.text import grounding_score
 
 
 def _read(reader: object) -> list[Conversation]:
