@@ -72,7 +72,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     for item in args.option or []:
         from dataprep.config import parse_override
 
-        key, value = parse_override(item)
+        key, value = parse_override(item, flag="--option")
         options[key] = value
     result = convert(args.fmt, args.input, args.out, hotel_db=args.hotel_db, strict=args.strict,
                      options=options)
@@ -100,11 +100,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from dataprep.run_folder import check_run_folder
+
     try:
         from dataprep.stages.report import rebuild_report
     except ImportError as e:
         raise DataprepError(f"the report stage is not available: {e}") from e
-    path = rebuild_report(args.out_dir)
+    # The folder comes from outside (copied, edited, truncated): check it as a whole first.
+    check_run_folder(args.out_dir)
+    try:
+        path = rebuild_report(args.out_dir)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        # A manifest that passes the check but holds stats of the wrong shape: say which folder.
+        raise DataprepError(f"{args.out_dir}: manifest.json does not have the shape this "
+                            f"version writes ({type(e).__name__}: {e}); rerun 'dataprep run'"
+                            ) from e
     print(f"report: {path}")
     return EXIT_OK
 
@@ -169,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except DataprepError as e:
         _err(f"dataprep {args.command}: {e}")
+        return EXIT_USAGE
+    except OSError as e:
+        # A file or folder the OS refused (unwritable --out, a full disk): one line, not a trace.
+        where = f"{e.filename}: " if e.filename else ""
+        _err(f"dataprep {args.command}: {where}{e.strerror or e}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         _err(f"dataprep {args.command}: interrupted; no split file was half-written")

@@ -59,8 +59,14 @@ class RunConfig:
         if not self.inputs:
             raise ConfigError("the config has no inputs: add e.g. "
                               "'inputs: [{reader: spo, path: data/spo_sample.jsonl}]'")
-        if not isinstance(self.seed, int):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        if self.tokenizer is not None:
+            tok = Path(self.tokenizer)
+            model = tok / "tokenizer.model" if tok.is_dir() else tok
+            if not model.is_file():
+                raise ConfigError(f"tokenizer: {self.tokenizer}: no tokenizer.model there; give "
+                                  "the folder holding ChatGLM3's tokenizer.model (or the file)")
 
 
 def _set_path(tree: Any, dotted: str, value: Any) -> None:
@@ -94,15 +100,48 @@ def _set_path(tree: Any, dotted: str, value: Any) -> None:
             raise ConfigError(f"--set {dotted}: {'.'.join(keys[:i])} is not a mapping")
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"stages.split.ratios=[0.7,0.2,0.1]"`` -> key and YAML-parsed value."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--set expects key=value, got {text!r}")
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (``*name``).
+
+    Aliases are how a 1.4 KB "billion laughs" file expands into a 400 MB config (and manifest);
+    a run config never needs them, so refusing them is simpler and safer than capping the size.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.MarkedYAMLError(
+                problem=f"YAML aliases (*{self.peek_event().anchor}) are not allowed in a config; "
+                        "write the value out", problem_mark=mark)
+        return super().compose_node(parent, index)
+
+
+def yaml_error_line(e: yaml.YAMLError, where: str) -> str:
+    """One line ``WHERE:LINE:COL: problem`` instead of PyYAML's four to eight."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or str(e)
+    context = getattr(e, "context", None)
+    loc = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark is not None else where
+    text = f"{problem} ({context})" if context else problem
+    return f"{loc}: not valid YAML: {' '.join(str(text).split())}"
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse config YAML (no aliases); a syntax error is a one-line :class:`ConfigError`."""
     try:
-        return key.strip(), yaml.safe_load(value)
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set {key}: value is not valid YAML: {e}") from e
+        raise ConfigError(yaml_error_line(e, where)) from None
+
+
+def parse_override(text: str, flag: str = "--set") -> tuple[str, Any]:
+    """``"stages.split.ratios=[0.7,0.2,0.1]"`` -> key and YAML-parsed value.
+
+    ``flag`` names the option in messages (``--set`` for run, ``--option`` for convert)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{flag} expects key=value, got {text!r}")
+    return key.strip(), load_yaml(value, f"{flag} {key.strip()}")
 
 
 def normalise_stages(stages: list[Any]) -> list[dict[str, Any]]:
@@ -124,12 +163,17 @@ def load_config(path: str | Path, overrides: list[str] | None = None,
                 out: str | None = None) -> RunConfig:
     """Read a YAML config, apply ``--set`` overrides and resolve paths against its folder."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{path}: is a folder, expected a YAML config file")
     if not p.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    raw = load_yaml(text, str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return config_from_dict(raw, base_dir=p.parent, overrides=overrides, out=out)

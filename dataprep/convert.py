@@ -8,7 +8,15 @@ from typing import Any
 
 from dataprep import schema
 from dataprep.errors import ConfigError, StrictModeError
-from dataprep.io import AtomicWriter, dumps, iter_jsonl, require_file
+from dataprep.io import (
+    AtomicWriter,
+    UnwritableValue,
+    dumps,
+    dumps_evidence,
+    iter_jsonl,
+    prepare_out_file,
+    require_file,
+)
 from dataprep.record import Reject
 
 
@@ -34,6 +42,7 @@ def convert(fmt: str, input_path: str | Path, out_path: str | Path, *,
     from dataprep.pipeline import build_reader
 
     require_file(input_path)
+    prepare_out_file(out_path)
     reader = build_reader(fmt, str(input_path), options, hotel_db)
     result = ConvertResult()
     out = Path(out_path)
@@ -45,9 +54,12 @@ def convert(fmt: str, input_path: str | Path, out_path: str | Path, *,
                 line = item.to_chatglm3()
                 problems = schema.output_problems(line)
                 if not problems:
-                    fh.write(dumps(line) + "\n")
-                    result.written += 1
-                    continue
+                    try:
+                        fh.write(dumps(line) + "\n")
+                        result.written += 1
+                        continue
+                    except UnwritableValue as e:
+                        problems = [(e.reason, "", str(e))]
                 reason, pointer, message = problems[0]
                 item = Reject(reason=reason, source=item.lineage.source, line=item.lineage.line,
                               item=item.lineage.item, message=f"{pointer}: {message}",
@@ -57,7 +69,7 @@ def convert(fmt: str, input_path: str | Path, out_path: str | Path, *,
                 raise StrictModeError(f"{item.location()}: {item.message} [{item.reason}]")
     with AtomicWriter(rejects_path) as fh:
         for rej in result.rejects:
-            fh.write(dumps(rej.to_dict()) + "\n")
+            fh.write(dumps_evidence(rej.to_dict()) + "\n")
     result.rejects_path = str(rejects_path)
     return result
 

@@ -41,7 +41,7 @@ from typing import Any
 
 from dataprep import schema
 from dataprep.errors import InputError
-from dataprep.io import read_json_document
+from dataprep.io import read_json_document, value_problem
 from dataprep.record import Conversation
 
 DEFAULT_LIMIT = 3
@@ -200,6 +200,11 @@ class HotelDB:
 
     @classmethod
     def from_entries(cls, data: Any, source: str = "hotel_db.json") -> HotelDB:
+        # NaN/Infinity prices or ratings would be copied into every observation that lists the
+        # hotel: the database is refused as a whole, naming the entry.
+        bad = value_problem(data)
+        if bad is not None:
+            raise InputError(f"{source}: {bad[1]}: {bad[2]} [{bad[0]}]")
         problems = schema.check("hotel_db", data)
         if problems:
             _, pointer, message = problems[0]

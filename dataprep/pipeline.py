@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 import dataprep
 from dataprep.config import RunConfig
 from dataprep.errors import AccountingError, ConfigError
-from dataprep.io import sha256_file, write_json_atomic
+from dataprep.io import prepare_out_dir, sha256_file, write_json_atomic
 from dataprep.readers.base import Reader
 from dataprep.record import Conversation, Reject
 from dataprep.registry import reader_class, stage_class
@@ -97,8 +97,7 @@ class Pipeline:
         self.stages = build_stages(config.stages)
 
     def run(self, out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-        out = Path(out_dir or self.config.out or f"out/{self.config.name}")
-        out.mkdir(parents=True, exist_ok=True)
+        out = prepare_out_dir(out_dir or self.config.out or f"out/{self.config.name}")
         ctx = RunContext(out, seed=self.config.seed, strict=self.config.strict,
                          config=self.config.raw, tokenizer_path=self.config.tokenizer,
                          hotel_db_path=self.config.hotel_db)

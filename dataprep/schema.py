@@ -14,6 +14,9 @@ from typing import Any
 import jsonschema
 from jsonschema import Draft202012Validator
 
+from dataprep.io import value_problem
+from dataprep.safe_schema import parameters_problems
+
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
 
@@ -40,7 +43,7 @@ def _type_name(value: Any) -> str:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = json.dumps(value, ensure_ascii=False)
+    text = json.dumps(value, ensure_ascii=False, default=repr)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -110,15 +113,14 @@ def semantic_problems(record: dict[str, Any]) -> list[tuple[str, str, str]]:
                 problems.append(("unknown_tool", f"/conversations/{i}/name",
                                  f"expected one of {sorted(by_name) or '(no tools)'}, found {name!r}"))
                 continue
+            # The tool's schema comes from the data: compiled offline, patterns on RE2.
             params_schema = by_name[name].get("parameters") or {}
-            try:
-                v = Draft202012Validator(params_schema)
-                for err in v.iter_errors(m.get("parameters")):
-                    reason, ptr, msg = describe_error(err)
-                    problems.append(("tool_parameters_invalid",
-                                     f"/conversations/{i}/parameters{ptr if ptr != '/' else ''}", msg))
-            except jsonschema.SchemaError as e:
-                problems.append(("tool_schema_invalid", f"/tools/{name}", e.message))
+            for reason, ptr, msg in parameters_problems(params_schema, m.get("parameters")):
+                if reason.startswith("tool_schema"):
+                    problems.append((reason, f"/tools/{name}/parameters", msg))
+                else:
+                    problems.append((reason, f"/conversations/{i}/parameters"
+                                     f"{ptr if ptr != '/' else ''}", msg))
     roles = [m.get("role") for m in msgs if isinstance(m, dict)]
     if roles and "user" not in roles:
         problems.append(("no_user_turn", "/conversations", "expected at least one user message"))
@@ -129,7 +131,13 @@ def semantic_problems(record: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def output_problems(record: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """Schema plus semantic problems of one output line; empty when the line is valid."""
+    """Schema plus semantic problems of one output line; empty when the line is valid.
+
+    A value strict JSON in UTF-8 cannot hold (NaN, Infinity, a lone surrogate, nesting past
+    :data:`dataprep.io.MAX_DEPTH`) is the first problem: the schema's ``number`` admits NaN."""
+    bad = value_problem(record)
+    if bad is not None:
+        return [bad]
     problems = check("chatglm3", record)
     if problems:
         return problems

@@ -129,6 +129,24 @@ class QuantConfig:
         return asdict(self)
 
 
+def require_model_folder(path: str | Path, flag: str = "--model") -> Path:
+    """``path`` when it is a local model folder (a folder with ``config.json``); else a
+    ``FileNotFoundError`` in one line. Models are only ever read from disk: a name that is not a
+    folder would otherwise be taken for a hub repo id and fail (or download) much later."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{flag} {path}: no such folder (models are read from a local "
+                                "folder holding config.json and the weights; nothing is "
+                                "downloaded)")
+    if not p.is_dir():
+        raise FileNotFoundError(f"{flag} {path}: is a file; give the model folder that holds "
+                                "config.json")
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"{flag} {path}: no config.json in this folder; is it a "
+                                "transformers model folder?")
+    return p.resolve()
+
+
 def load_causal_lm(
     path: str | Path,
     *,
@@ -140,7 +158,9 @@ def load_causal_lm(
     """Load a causal LM, 4/8-bit when ``quant`` is given. Remote code only when asked for."""
     from transformers import AutoModelForCausalLM
 
+    path = require_model_folder(path)
     kwargs: dict[str, Any] = {
+        "local_files_only": True,
         "dtype": resolve_dtype(dtype),
         "device_map": default_device_map() if device_map is None else device_map,
         "trust_remote_code": trust_remote_code,

@@ -36,6 +36,7 @@ from trainer_plugin.modeling import (
     has_cuda,
     load_causal_lm,
     lora_target_modules,
+    require_model_folder,
     resolve_dtype,
 )
 
@@ -205,6 +206,8 @@ def train(
         raise FileExistsError(f"{output_dir} already holds {Path(last_checkpoint).name}; pass "
                               "--resume to continue that run or choose a new output_dir")
 
+    # Before the (long) tokenization: a wrong --model must fail in the first second.
+    model_path = require_model_folder(model)
     tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
     build = dict(max_length=cfg.max_length, truncation=cfg.truncation, compat=cfg.compat,
                  num_proc=cfg.num_proc)
@@ -218,7 +221,6 @@ def train(
     compute_dtype = resolve_dtype(cfg.compute_dtype)
     if quant is not None:
         quant = dataclasses.replace(quant, compute_dtype=dtype_name(compute_dtype))
-    model_path = Path(model).resolve() if Path(model).exists() else model
     base = load_causal_lm(model_path, dtype=compute_dtype, quant=quant,
                           device_map=default_device_map(), trust_remote_code=trust_remote_code)
     rows = base.get_input_embeddings().weight.shape[0]

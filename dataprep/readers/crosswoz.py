@@ -40,7 +40,7 @@ from typing import Any
 
 from dataprep.errors import ConfigError, InputError
 from dataprep.hotel_db import HotelDB, hotel_group_id, scenario_label
-from dataprep.io import read_json_document
+from dataprep.io import read_json_document, value_problem
 from dataprep.readers.base import Item, Reader
 from dataprep.record import Conversation, Lineage, Message
 from dataprep.tools import HOTEL_TYPES, SEARCH_HOTELS_TOOL, check_parameters, hotel_tools
@@ -252,11 +252,26 @@ class CrossWOZReader(Reader):
         self.tools = hotel_tools(facility_enum)
 
     def read(self) -> Iterator[Item]:
-        data, display = read_json_document(self.path)
+        data, display = read_json_document(self.path, max_bytes=self.max_document_bytes)
         if not isinstance(data, dict):
             raise InputError(f"{display}: expected a JSON object keyed by dialogue id, found "
                              f"{type(data).__name__}")
-        for dialogue_id, dialogue in data.items():
+        # A dialogue id that occurs twice in the file (a repeated JSON key) would silently keep
+        # one dialogue: the first is kept, every later one is rejected (``duplicate_dialogue_id``),
+        # so both are accounted for and the rejected one is kept as evidence.
+        items = [(k, v, False) for k, v in data.items()]
+        items += [(k, v, True) for k, v in getattr(data, "duplicates", [])]
+        for dialogue_id, dialogue, duplicate in items:
+            if duplicate:
+                yield self.make_reject("duplicate_dialogue_id", f"dialogue id {dialogue_id!r} "
+                                       "occurs more than once in the file; the first is kept",
+                                       None, value=dialogue, item=str(dialogue_id))
+                continue
+            bad = value_problem(dialogue)
+            if bad is not None:
+                yield self.make_reject(bad[0], f"{bad[1]}: {bad[2]}", None, value=dialogue,
+                                       item=str(dialogue_id))
+                continue
             rej = self.schema_reject(dialogue, None, None, item=str(dialogue_id))
             if rej is not None:
                 yield rej

@@ -142,12 +142,29 @@ class LabDialogReader(HotelLabMixin, Reader):
             if isinstance(index, str):
                 raise InputError(f"{index}: no such index file")
             return {}
-        with path.open(encoding="utf-8", newline="") as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t"))
-        if rows and "line" not in rows[0]:
-            raise InputError(f"{path}: expected a tab-separated header with 'line', found "
-                             f"{list(rows[0])}")
-        return {int(r["line"]): r for r in rows}
+        try:
+            with path.open(encoding="utf-8", newline="") as fh:
+                reader = csv.DictReader(fh, delimiter="\t")
+                header = reader.fieldnames or []
+                if "line" not in header or "source_path" not in header:
+                    raise InputError(f"{path}: expected a tab-separated header with 'line' and "
+                                     f"'source_path', found {header}")
+                out: dict[int, dict[str, str]] = {}
+                for r in reader:
+                    line = r.get("line")
+                    item = r.get("item_index") or ""
+                    if not isinstance(line, str) or not line.strip().isdigit() \
+                            or not isinstance(r.get("source_path"), str) \
+                            or not isinstance(item, str) or not (item == "" or item.isdigit()):
+                        raise InputError(f"{path}:{reader.line_num}: expected a line number, a "
+                                         "source path and an empty or whole-number item_index, "
+                                         f"found {list(r.values())[:3]}")
+                    out[int(line)] = {k: v for k, v in r.items() if isinstance(k, str)}
+                return out
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise InputError(f"{path}: not a UTF-8 tab-separated index ({e})") from None
+        except OSError as e:
+            raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
 
     def read(self) -> Iterator[Item]:
         for line, value, text, rej in self.iter_json_lines():

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from dataprep.errors import ConfigError, StrictModeError
-from dataprep.io import AtomicWriter, dumps
+from dataprep.io import AtomicWriter, dumps_evidence
 from dataprep.record import Conversation, Reject
 
 
@@ -112,7 +112,9 @@ class RunContext:
         path = self.out_dir / "rejects.jsonl"
         with AtomicWriter(path) as fh:
             for rej in self.rejects:
-                fh.write(dumps(rej.to_dict()) + "\n")
+                # Evidence is written whatever it holds (NaN, a lone surrogate): a reject that
+                # cannot be written would lose the record and abort the run after the splits.
+                fh.write(dumps_evidence(rej.to_dict()) + "\n")
         return path
 
     # -- shared resources --------------------------------------------------------------------

@@ -51,6 +51,8 @@ def _per_role(name: str, value: Limit, roles: tuple[str, ...]) -> dict[str, int]
         raise ConfigError(f"clean.{name} must be a number or a mapping role -> number "
                           f"(e.g. {{user: 2048}}), got {value!r}")
     if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"clean.{name} must be a non-negative integer, got {value!r}")
         return dict.fromkeys(roles, value)
     unknown = set(value) - set(roles)
     if unknown:

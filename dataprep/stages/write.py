@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from dataprep import schema
-from dataprep.io import AtomicWriter, dumps
+from dataprep.io import AtomicWriter, UnwritableValue, dumps
 from dataprep.record import Conversation
 from dataprep.stages.base import RunContext, Stage
 from dataprep.stages.split import SPLITS
@@ -36,7 +36,12 @@ class Write(Stage):
                     reason, pointer, message = problems[0]
                     ctx.reject_record(rec, reason, f"{pointer}: {message}", stage=self.name)
                     continue
-                handles[rec.split].write(dumps(line) + "\n")
+                try:
+                    text = dumps(line)
+                except UnwritableValue as e:  # last line of defence: strict JSON only
+                    ctx.reject_record(rec, e.reason, str(e), stage=self.name)
+                    continue
+                handles[rec.split].write(text + "\n")
                 ctx.counts.splits[rec.split] += 1
                 yield rec
             ok = True

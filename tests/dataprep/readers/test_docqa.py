@@ -532,7 +532,7 @@ def test_pick_answer(context: str, answers: list[dict[str, Any]], expected: Any)
     ("{documents} {question} {}", "unknown placeholder(s) {}"),
     ("{documents!r} {question}", "conversion or format spec in {documents!r}"),
     ("{documents} {question} }", "does not parse"),
-    (42, "expected a string template, found int"),
+    (42, "expected str, found int 42"),  # the reader base checks option types first
 ])
 def test_prompt_template_is_validated(template: Any, fragment: str, repo_root: Path) -> None:
     with pytest.raises(ConfigError, match="reader option 'prompt'") as exc:
