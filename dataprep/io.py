@@ -174,6 +174,51 @@ def value_problem(value: Any, *, strings: bool = True,
     >>> value_problem({"a": [1.5, float("nan")]})
     ('non_finite_number', '/a/1', 'expected a finite number, found NaN')
     """
+    if not _has_problem(value, strings, max_depth):
+        return None
+    return _locate_problem(value, strings, max_depth)
+
+
+_CONTAINERS = (dict, list, DuplicateKeyDict)
+
+
+def _has_problem(value: Any, strings: bool, max_depth: int) -> bool:
+    # The fast pass every input line takes: no pointers built, scalars checked in place.
+    if type(value) not in _CONTAINERS:
+        return _bad_scalar(value, strings)
+    search, isfinite = _SURROGATE.search, math.isfinite
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        kind = type(node)
+        if depth >= max_depth or kind is DuplicateKeyDict:
+            return True
+        if kind is dict:
+            if strings and any(type(k) is str and search(k) for k in node):
+                return True
+            children = node.values()
+        else:
+            children = node
+        for child in children:
+            ck = type(child)
+            if ck is str:
+                if strings and search(child):
+                    return True
+            elif ck is float:
+                if not isfinite(child):
+                    return True
+            elif ck in _CONTAINERS:
+                stack.append((child, depth + 1))
+    return False
+
+
+def _bad_scalar(value: Any, strings: bool) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return bool(strings and isinstance(value, str) and _SURROGATE.search(value))
+
+
+def _locate_problem(value: Any, strings: bool, max_depth: int) -> tuple[str, str, str] | None:
     stack: list[tuple[Any, str, int]] = [(value, "", 0)]
     while stack:
         node, pointer, depth = stack.pop()

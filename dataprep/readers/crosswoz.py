@@ -33,6 +33,7 @@ observations are produced by the same query code that checks them.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ _VALUE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(元|分)?\s*$")
 
 def _num(text: str, as_int: bool) -> float | int:
     value = float(text)
+    if not math.isfinite(value):  # 400 nines parse as float("inf")
+        raise ValueError(f"the number {text[:20]}… is out of range")
     return int(value) if as_int and value.is_integer() else value
 
 

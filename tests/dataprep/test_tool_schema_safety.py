@@ -1,0 +1,90 @@
+"""Issue 9 item 1: a tool's ``parameters`` schema inside an input line is untrusted. It must not
+make a run touch the network, hang, or crash; each bad schema is a reject with a reason code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dataprep.cli import main
+from dataprep.convert import convert
+from dataprep.safe_schema import parameters_problems
+from tests.dataprep.guards import RecordingServer, hang_guard
+
+
+def line(parameters_schema: Any, call: Any) -> dict[str, Any]:
+    return {"tools": [{"name": "lookup", "description": "查询", "parameters": parameters_schema}],
+            "conversations": [{"role": "user", "content": "帮我查一下"},
+                              {"role": "assistant", "content": "好的"},
+                              {"role": "tool", "name": "lookup", "parameters": call,
+                               "observation": []},
+                              {"role": "assistant", "content": "没有找到"}]}
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                    encoding="utf-8")
+    return path
+
+
+def test_http_refs_make_no_connection_and_are_rejects(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    with RecordingServer() as server:
+        records = [
+            line({"type": "object", "$ref": server.url("/schema.json")}, {"q": 1}),
+            # Hidden behind $id: a relative reference resolves against the http base.
+            line({"type": "object", "$id": server.url("/root.json"), "$ref": "other.json"}, {}),
+            line({"type": "object", "properties": {"q": {"$ref": server.url("/q.json#/x")}}},
+                 {"q": "a"}),
+            line({"type": "object", "$dynamicRef": server.url("/d.json")}, {}),
+        ]
+        src = write_jsonl(tmp_path / "remote.jsonl", records)
+        with hang_guard(60):
+            assert main(["validate", str(src)]) == 1
+            result = convert("chatglm3", src, tmp_path / "out.jsonl")
+        assert server.connections == 0 and server.hits == []
+    out = capsys.readouterr().out
+    assert out.count("[tool_schema_remote_ref]") == len(records)
+    assert result.written == 0
+    assert [r.reason for r in result.rejects] == ["tool_schema_remote_ref"] * len(records)
+
+
+@pytest.mark.parametrize("schema, call, reason", [
+    # Catastrophic backtracking for Python's re (minutes on 40 characters); RE2 is linear.
+    ({"type": "object", "properties": {"q": {"type": "string", "pattern": "^(a+)+$"}}},
+     {"q": "a" * 40 + "!"}, "tool_parameters_invalid"),
+    ({"type": "object", "patternProperties": {"^(a+)+$": {"type": "integer"}},
+      "additionalProperties": False}, {"a" * 40 + "!": 1}, "tool_parameters_invalid"),
+    ({"type": "object", "properties": {"q": {"type": "strin"}}}, {"q": 1},
+     "tool_schema_invalid"),
+    ({"type": "object", "properties": {"q": {"$ref": "#/$defs/missing"}}}, {"q": 1},
+     "tool_schema_unresolvable_ref"),
+    ({"type": "object", "$ref": "#"}, {}, "tool_schema_invalid"),
+    ({"type": "object", "properties": {"q": {"type": "string", "pattern": "(a)\\1"}}},
+     {"q": "aa"}, "tool_schema_invalid"),
+])
+def test_hostile_schemas_are_rejects_not_hangs_or_tracebacks(schema: Any, call: Any, reason: str,
+                                                             tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [line(schema, call)])
+    with hang_guard(60):
+        result = convert("chatglm3", src, tmp_path / "out.jsonl")
+    assert result.written == 0
+    assert [r.reason for r in result.rejects] == [reason]
+
+
+def test_patterns_still_validate_and_local_refs_still_resolve() -> None:
+    schema = {"type": "object", "$defs": {"city": {"type": "string", "pattern": "^[京沪]$"}},
+              "properties": {"city": {"$ref": "#/$defs/city"}}, "required": ["city"]}
+    assert parameters_problems(schema, {"city": "京"}) == []
+    assert [p[0] for p in parameters_problems(schema, {"city": "广州"})] == \
+        ["tool_parameters_invalid"]
+    assert [p[0] for p in parameters_problems(schema, {})] == ["tool_parameters_invalid"]
+
+
+def test_the_compiler_refuses_what_is_not_a_schema() -> None:
+    assert parameters_problems([1, 2], {})[0][0] == "tool_schema_invalid"
+    assert parameters_problems({"type": "object", "pattern": "(?<=a)b"}, {})[0][0] == \
+        "tool_schema_invalid"
