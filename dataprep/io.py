@@ -518,21 +518,24 @@ class AtomicWriter:
                 os.unlink(self._tmp)
 
 
-def prepare_out_dir(path: str | Path) -> Path:
+def prepare_out_dir(path: str | Path, shown: str | Path | None = None) -> Path:
     """Create the output folder (and its parents) or say in one line why it cannot be used:
-    it is a file, it lies under a file, or it is not writable."""
+    it is a file, it lies under a file, or it is not writable. ``shown`` is the ``--out`` value
+    to name in the message (when ``path`` is the folder of an output file)."""
     p = Path(path)
+    shown = path if shown is None else shown
     for parent in [p, *p.parents]:
         if parent.exists() and not parent.is_dir():
-            where = "is a file" if parent == p else f"lies under {parent}, which is a file"
-            raise InputError(f"--out {path}: {where}; give a folder")
+            where = "is a file" if str(parent) == str(shown) else \
+                f"lies under {parent}, which is a file"
+            raise InputError(f"--out {shown}: {where}")
     try:
         p.mkdir(parents=True, exist_ok=True)
         # The one sure test of writability (permissions, ACLs, read-only mounts): create a file.
         with tempfile.TemporaryFile(dir=p):
             pass
     except OSError as e:
-        raise InputError(f"--out {path}: cannot write there: {e.strerror or e}") from None
+        raise InputError(f"--out {shown}: cannot write there: {e.strerror or e}") from None
     return p
 
 
@@ -541,7 +544,7 @@ def prepare_out_file(path: str | Path) -> Path:
     p = Path(path)
     if p.is_dir():
         raise InputError(f"--out {path}: is a folder; give a file name (e.g. {p / 'out.jsonl'})")
-    prepare_out_dir(p.parent)
+    prepare_out_dir(p.parent, shown=path)
     return p
 
 

@@ -105,8 +105,8 @@ def _jsonable(value: Any) -> Any:
 
 def _positive_int(reader: str, key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"reader {reader!r}: option {key!r} expects a positive whole number "
-                          f"of bytes, got {value!r}")
+        raise ConfigError(f"reader option {key!r} ({reader}): expected a positive whole number "
+                          f"of bytes, found {value!r}")
     return value
 
 
