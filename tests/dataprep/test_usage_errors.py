@@ -86,7 +86,7 @@ def test_yaml_error_is_one_line_with_file_line_column(tmp_path: Path) -> None:
 def test_yaml_alias_bomb_is_refused(tmp_path: Path) -> None:
     """The 1.4 KB "billion laughs" config that became a 400 MB manifest."""
     rows = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    for prev, cur in zip("abcdefgh", "bcdefghi"):
+    for prev, cur in zip("abcdefgh", "bcdefghi", strict=True):
         rows.append(f"{cur}: &{cur} [" + ",".join([f"*{prev}"] * 9) + "]")
     rows += ["name: bomb", "inputs: [{reader: spo, path: x.jsonl}]", "stages: [*i]"]
     bomb = tmp_path / "bomb.yaml"
