@@ -432,7 +432,7 @@ def dumps(obj: Any) -> str:
     of writing ``NaN`` (not JSON) or a string no UTF-8 file can hold: the writer turns that into a
     reject, the last line of defence behind the readers' checks.
 
-    U+2028/U+2029 (they occur in DuReader) are escaped: JSON allows them raw, but
+    U+2028/U+2029 (they occur in DuReader) and U+0085 are escaped: JSON allows them raw, but
     ``str.splitlines()`` and JavaScript tools treat them as line breaks and would cut a record in
     two. The escaped form loads back to the same string.
     """
@@ -446,8 +446,9 @@ def dumps(obj: Any) -> str:
         problem = value_problem(obj)
         where = f"{problem[1]}: " if problem else ""
         raise UnwritableValue("lone_surrogate", f"{where}a lone UTF-16 surrogate")
-    if "\u2028" in text or "\u2029" in text:
-        text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    if "\u2028" in text or "\u2029" in text or "\x85" in text:
+        text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029") \
+            .replace("\x85", "\\u0085")
     return text
 
 
