@@ -103,7 +103,7 @@ class Cmrc2018Reader(DocQAReader):
     input_schema = SCHEMA
 
     def read(self) -> Iterator[Item]:
-        value, _ = read_json_document(self.path)
+        value, _ = read_json_document(self.path, max_bytes=self.max_document_bytes)
         problems = schema.check(SCHEMA, value)
         top = [p for p in problems if len(pointer_tokens(p[1])) < 2]
         if top or not isinstance(value, dict):
