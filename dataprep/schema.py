@@ -28,7 +28,8 @@ def schema_names() -> list[str]:
 def validator(name: str) -> Draft202012Validator:
     """The compiled validator for ``schemas/NAME.schema.json``."""
     path = SCHEMA_DIR / f"{name}.schema.json"
-    if not path.is_file():
+    # Only the shipped schemas: a name like "../x" must not load some other file as a contract.
+    if name not in schema_names() or not path.is_file():
         raise KeyError(f"unknown schema {name!r}; available: {', '.join(schema_names())}")
     schema = json.loads(path.read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(schema)

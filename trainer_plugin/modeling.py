@@ -158,7 +158,7 @@ def load_causal_lm(
     """Load a causal LM, 4/8-bit when ``quant`` is given. Remote code only when asked for."""
     from transformers import AutoModelForCausalLM
 
-    path = require_model_folder(path)
+    path = require_model_folder(path, flag="model")
     kwargs: dict[str, Any] = {
         "local_files_only": True,
         "dtype": resolve_dtype(dtype),
