@@ -18,6 +18,7 @@ train split and querying dev and test with it, and must be 0.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
@@ -44,11 +45,32 @@ from dataprep.stages.base import RunContext, Stage
 from dataprep.stages.dedup import leakage_report
 
 SPLITS = ("train", "dev", "test")
+# The stratum of labels too rare to be split alone. "" (records without a label) is a stratum of
+# its own; this key cannot be a label read from data.
+POOLED = "\x00pooled"
+
+
+def min_stratum_groups(ratios: tuple[float, float, float]) -> int:
+    """Fewest groups a label needs to be split by itself: enough for the smallest non-empty
+    split to get one group at its ratio (10 for 8:1:1).
+
+    >>> min_stratum_groups((0.8, 0.1, 0.1)), min_stratum_groups((0.5, 0.5, 0.0))
+    (10, 2)
+    """
+    smallest = min(r for r in ratios if r > 0)
+    return max(1, math.ceil(1 / smallest - 1e-9))
 
 
 def assign_splits(records: list[Conversation], ratios: tuple[float, float, float], seed: int,
-                  stratify: bool = True) -> dict[str, str]:
+                  stratify: bool = True, min_groups: int | None = None,
+                  report: dict[str, Any] | None = None) -> dict[str, str]:
     """Map group id -> split name.
+
+    Labels with fewer than ``min_groups`` groups (default :func:`min_stratum_groups`) cannot be
+    split by themselves: dealt alone, each one's first groups all fall to train (a label with
+    at most 3 groups went 100% to train at 8:1:1, so 600 one-group labels gave 600/0/0). They are
+    pooled into one unstratified stratum that is split by the ratios as a whole; ``report``
+    (when given) receives how many labels were stratified and how many pooled.
 
     >>> assign_splits(recs, (0.8, 0.1, 0.1), seed=42)  # doctest: +SKIP
     {'spo:a.json:1': 'train', ...}
@@ -60,6 +82,18 @@ def assign_splits(records: list[Conversation], ratios: tuple[float, float, float
     for gid, members in groups.items():
         label = Counter(m.label or "" for m in members).most_common(1)[0][0] if stratify else ""
         strata[label].append(gid)
+    need = min_stratum_groups(ratios) if min_groups is None else min_groups
+    rare = sorted(label for label, gids in strata.items() if len(gids) < need) if stratify else []
+    pooled: list[str] = []
+    for label in rare:
+        pooled.extend(strata.pop(label))
+    if pooled:
+        strata[POOLED].extend(pooled)
+    if report is not None:
+        report.update({"min_groups_per_label": need,
+                       "stratified_labels": len([k for k in strata if k != POOLED]),
+                       "pooled_labels": len(rare),
+                       "pooled_records": sum(len(groups[g]) for g in pooled)})
     rng = random.Random(seed)
     assignment: dict[str, str] = {}
     total = [0, 0, 0]
