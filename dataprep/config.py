@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from dataprep.errors import ConfigError
+from dataprep.io import value_problem
 
 DEFAULT_STAGES: list[dict[str, Any]] = [{"name": "validate"}, {"name": "split"}, {"name": "write"}]
 TOP_KEYS = {"name", "seed", "strict", "out", "tokenizer", "hotel_db", "inputs", "stages",
@@ -141,10 +142,16 @@ def parse_override(text: str, flag: str = "--set") -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"{flag} expects key=value, got {text!r}")
-    return key.strip(), load_yaml(value, f"{flag} {key.strip()}")
+    parsed = load_yaml(value, f"{flag} {key.strip()}")
+    bad = value_problem(parsed)
+    if bad is not None:
+        raise ConfigError(f"{flag} {key.strip()}: {bad[2]} [{bad[0]}]")
+    return key.strip(), parsed
 
 
 def normalise_stages(stages: list[Any]) -> list[dict[str, Any]]:
+    if not isinstance(stages, list):
+        raise ConfigError(f"'stages' must be a list of stage names or mappings, got {stages!r}")
     out = []
     for i, st in enumerate(stages):
         if isinstance(st, str):
@@ -205,6 +212,14 @@ def config_from_dict(raw: dict[str, Any], base_dir: str | Path = ".",
             if not isinstance(raw["stages"], list):
                 raise ConfigError(f"--set {key}: 'stages' must be a list, got {raw['stages']!r}")
             raw["stages"] = normalise_stages(raw["stages"])
+    # NaN/Infinity (YAML's .nan/.inf) and lone surrogates ("\ud800") are valid YAML but no
+    # run option can mean them; they would surface later as a crash far from the config.
+    bad = value_problem(raw)
+    if bad is not None:
+        raise ConfigError(f"config {bad[1]}: {bad[2]} [{bad[0]}]")
+    if not isinstance(raw.get("inputs") or [], list):
+        raise ConfigError(f"'inputs' must be a list of {{reader: NAME, path: FILE}}, got "
+                          f"{raw['inputs']!r}")
     unknown = set(raw) - TOP_KEYS
     if unknown:
         raise ConfigError(f"unknown config keys {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")

@@ -57,6 +57,11 @@ SPO_CONFIG = str(REPO / "configs" / "spo.yaml")
     (["validate", str(REPO / "data")], "data: is a folder, expected a file"),
     (["run", str(REPO / "data")], "data: is a folder, expected a YAML config file"),
     (["report", "afile"], "afile: is a file"),
+    (["run", SPO_CONFIG, "--out", "o", "--set", "stages.split.ratios=[.nan,1,1]"],
+     "--set stages.split.ratios: expected a finite number, found NaN [non_finite_number]"),
+    (["run", SPO_CONFIG, "--out", "o", "--set", 'name="\\ud800"'], "[lone_surrogate]"),
+    (["run", SPO_CONFIG, "--out", "o", "--set", "inputs=5"], "'inputs' must be a list"),
+    (["run", SPO_CONFIG, "--out", "o", "--set", "stages=5"], "'stages' must be a list"),
 ])
 def test_usage_errors_are_one_line(args: list[str], fragment: str, tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("not a folder\n")
