@@ -14,9 +14,14 @@ A schema written by whoever wrote the input is untrusted code for the validator:
 - an invalid ``type`` or an unresolvable reference raised from deep inside the validator. The
   schema is checked against the 2020-12 metaschema first, and what can only fail while validating
   (a reference that points nowhere, a reference loop) is caught there.
+- work that grows faster than the input: ``uniqueItems`` on an array of objects compares every
+  pair (hours for the 500k objects a 4 MB line can hold) and a few ``$ref``/``allOf`` levels that
+  each double the work reach 2^30 steps. ``uniqueItems`` here is one pass over canonical JSON, and
+  every keyword evaluation draws on a budget of :data:`MAX_STEPS` per record.
 
 Each refusal is a problem with its own reason code (``tool_schema_invalid``,
-``tool_schema_remote_ref``, ``tool_schema_unresolvable_ref``), never an exception.
+``tool_schema_remote_ref``, ``tool_schema_unresolvable_ref``, ``tool_schema_too_complex``), never
+an exception.
 
 >>> parameters_problems({"$ref": "http://example.com/s.json"}, {})[0][0]
 'tool_schema_remote_ref'
@@ -26,8 +31,10 @@ Each refusal is a problem with its own reason code (``tool_schema_invalid``,
 
 from __future__ import annotations
 
+import contextvars
 import json
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -58,6 +65,62 @@ class PatternError(ValueError):
     """A ``pattern`` RE2 cannot compile."""
 
 
+class TooComplex(Exception):
+    """Validation of one record used up its :data:`MAX_STEPS`."""
+
+
+# Keyword evaluations allowed per record: the real search_hotels schema needs under 200 for the
+# longest call, 20k take a fraction of a second, an exponential schema would need billions.
+MAX_STEPS = 20_000
+MAX_PATTERNS = 32
+_BUDGET: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("budget",
+                                                                           default=None)
+
+
+def _spend(n: int = 1) -> None:
+    left = _BUDGET.get()
+    if left is not None:
+        left[0] -= n
+        if left[0] < 0:
+            raise TooComplex
+
+
+def _counted(keyword: Callable[..., Any]) -> Callable[..., Iterator[ValidationError]]:
+    def run(validator: Any, value: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+        _spend()
+        errors = keyword(validator, value, instance, schema)
+        if errors is not None:
+            yield from errors
+    return run
+
+
+def _canonical(value: Any) -> Any:
+    # JSON equality: 1 == 1.0, but true != 1; key order does not matter.
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any,
+                  schema: Any) -> Iterator[ValidationError]:
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    _spend(len(instance))
+    seen: set[str] = set()
+    for item in instance:
+        key = json.dumps(_canonical(item), sort_keys=True, ensure_ascii=False)
+        if key in seen:
+            yield ValidationError(f"{_short(instance)} has non-unique elements")
+            return
+        seen.add(key)
+
+
 @lru_cache(maxsize=1024)
 def compile_pattern(pattern: str) -> Any:
     """The RE2 program for a JSON Schema ``pattern``; raises :class:`PatternError`."""
@@ -71,6 +134,7 @@ def compile_pattern(pattern: str) -> Any:
 
 
 def _search(pattern: str, text: str) -> bool:
+    _spend()
     return compile_pattern(pattern).search(text) is not None
 
 
@@ -118,11 +182,12 @@ def _regex_format(value: object) -> bool:
 _FORMATS = FormatChecker(formats=())
 _FORMATS.checks("regex", raises=PatternError)(_regex_format)
 
-SafeValidator = validators.extend(
-    Draft202012Validator,
-    {"pattern": _pattern, "patternProperties": _pattern_properties,
-     "additionalProperties": _additional_properties},
-)
+SafeValidator = validators.extend(Draft202012Validator, {
+    name: _counted(fn) for name, fn in {
+        **Draft202012Validator.VALIDATORS,
+        "pattern": _pattern, "patternProperties": _pattern_properties,
+        "additionalProperties": _additional_properties, "uniqueItems": _unique_items,
+    }.items()})
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -154,6 +219,11 @@ def _compile_problem(schema: Any) -> Problem | None:
                     f"{key} {_short(value)} points outside the schema; only references within "
                     "it (#/…) are followed, nothing is fetched")
     keys = {key for key, _ in members}
+    patterns = sum(len(v) if k == "patternProperties" and isinstance(v, dict) else k == "pattern"
+                   for k, v in members)
+    if patterns > MAX_PATTERNS:
+        return ("tool_schema_too_complex", "", f"{patterns} patterns; at most {MAX_PATTERNS} are "
+                "allowed in a tool schema")
     if "unevaluatedProperties" in keys and "patternProperties" in keys:
         # jsonschema evaluates this pair with Python's re; RE2 cannot be slotted in there.
         return ("tool_schema_invalid", "",
@@ -195,10 +265,14 @@ def parameters_problems(schema: Any, instance: Any) -> list[Problem]:
     if problem is not None:
         return [problem]
     out: list[Problem] = []
+    token = _BUDGET.set([MAX_STEPS])
     try:
         for err in validator.iter_errors(instance):
             _, pointer, message = describe_error(err)
             out.append(("tool_parameters_invalid", pointer, message))
+    except TooComplex:
+        return [("tool_schema_too_complex", "",
+                 f"checking one call against this schema takes more than {MAX_STEPS:,} steps")]
     except Unresolvable as e:
         return [("tool_schema_unresolvable_ref", "",
                  f"reference {_short(str(getattr(e, 'ref', e)))} points nowhere in the schema")]
@@ -206,4 +280,6 @@ def parameters_problems(schema: Any, instance: Any) -> list[Problem]:
         return [("tool_schema_invalid", "", str(e))]
     except RecursionError:
         return [("tool_schema_invalid", "", "the schema refers to itself without end")]
+    finally:
+        _BUDGET.reset(token)
     return out

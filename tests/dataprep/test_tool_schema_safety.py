@@ -63,6 +63,13 @@ def test_http_refs_make_no_connection_and_are_rejects(tmp_path: Path,
     ({"type": "object", "properties": {"q": {"$ref": "#/$defs/missing"}}}, {"q": 1},
      "tool_schema_unresolvable_ref"),
     ({"type": "object", "$ref": "#"}, {}, "tool_schema_invalid"),
+    # every pair of 50k objects compared by jsonschema's uniqueItems: hours
+    ({"type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}},
+     {"a": [{"k": i} for i in range(50_000)]}, "tool_schema_too_complex"),
+    # 40 levels that each check the next one twice: 2^40 steps
+    ({"type": "object", "$ref": "#/$defs/d0", "$defs": {
+        **{f"d{i}": {"allOf": [{"$ref": f"#/$defs/d{i + 1}"}, {"$ref": f"#/$defs/d{i + 1}"}]}
+           for i in range(40)}, "d40": {"type": "object"}}}, {}, "tool_schema_too_complex"),
     ({"type": "object", "properties": {"q": {"type": "string", "pattern": "(a)\\1"}}},
      {"q": "aa"}, "tool_schema_invalid"),
 ])
@@ -73,6 +80,21 @@ def test_hostile_schemas_are_rejects_not_hangs_or_tracebacks(schema: Any, call: 
         result = convert("chatglm3", src, tmp_path / "out.jsonl")
     assert result.written == 0
     assert [r.reason for r in result.rejects] == [reason]
+
+
+def test_unique_items_uses_json_equality() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}}
+    assert parameters_problems(schema, {"a": [{"k": 1, "j": [1.0]}, {"j": [1], "k": 1}]})
+    assert parameters_problems(schema, {"a": [1, True, "1", None, [1], {"1": 1}]}) == []
+
+
+def test_the_real_hotel_tool_fits_the_budget() -> None:
+    from dataprep.tools import FACILITIES, hotel_tools
+
+    call = {"name": "北京饭店", "type": "豪华型", "facilities": list(FACILITIES),
+            "price_range_lower": 100, "price_range_upper": 900, "rating_range_lower": 4.5,
+            "rating_range_upper": 5}
+    assert parameters_problems(hotel_tools()[0]["parameters"], call) == []
 
 
 def test_patterns_still_validate_and_local_refs_still_resolve() -> None:
