@@ -66,6 +66,9 @@ def test_http_refs_make_no_connection_and_are_rejects(tmp_path: Path,
     # every pair of 50k objects compared by jsonschema's uniqueItems: hours
     ({"type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}},
      {"a": [{"k": i} for i in range(50_000)]}, "tool_schema_too_complex"),
+    # 20k items each compared with a 100k-member enum
+    ({"type": "object", "properties": {"a": {"type": "array", "items": {
+        "enum": list(range(100_000))}}}}, {"a": [-1] * 20_000}, "tool_schema_too_complex"),
     # 40 levels that each check the next one twice: 2^40 steps
     ({"type": "object", "$ref": "#/$defs/d0", "$defs": {
         **{f"d{i}": {"allOf": [{"$ref": f"#/$defs/d{i + 1}"}, {"$ref": f"#/$defs/d{i + 1}"}]}
