@@ -69,8 +69,12 @@ FORMAT_TAGS = ("br", "p", "div", "span", "b", "i", "u", "s", "em", "strong", "fo
                "thead", "tbody", "tr", "td", "th", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote",
                "ref", "references", "nowiki", "noinclude", "onlyinclude", "includeonly")
 _TAG_NAMES = "|".join(sorted(FORMAT_TAGS, key=len, reverse=True))
-_BLOCK_TAG_RE = re.compile(r"<\s*(?:br|/p|/div|/li|/tr|/h[1-6])(?:\s[^<>]*)?\s*/?>", re.IGNORECASE)
-_TAG_RE = re.compile(rf"</?(?:{_TAG_NAMES})(?:\s[^<>]*)?/?>|<!--.*?-->", re.DOTALL | re.IGNORECASE)
+# Possessive attribute runs ([^<>]*+): "<br" and a million spaces with no ">" must fail in one
+# pass, not backtrack through every split of the spaces (hours for a 4 MB line).
+_BLOCK_TAG_RE = re.compile(r"<\s*(?:br|/p|/div|/li|/tr|/h[1-6])(?:\s[^<>]*+)?+\s*/?>",
+                           re.IGNORECASE)
+_TAG_RE = re.compile(rf"</?(?:{_TAG_NAMES})(?:\s[^<>]*+)?+/?>", re.IGNORECASE)
+_COMMENT_RE = re.compile(r"<!--.*?-->", re.DOTALL)
 _ENTITY_RE = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")
 
 # A literal backslash-n (two characters), not itself escaped ("\\n") and not the start of a word
@@ -136,8 +140,15 @@ def strip_html(text: str) -> tuple[str, int]:
     0
     """
     text, n_block = _BLOCK_TAG_RE.subn("\n", text)
+    n_comment = 0
+    end = text.rfind("-->")
+    if end >= 0:
+        # Comments only where one can close: each unclosed "<!--" after the last "-->" would
+        # scan to the end of the text (quadratic in a line of repeated "<!--").
+        head, n_comment = _COMMENT_RE.subn("", text[:end + 3])
+        text = head + text[end + 3:]
     text, n_tag = _TAG_RE.subn("", text)
-    return text, n_block + n_tag
+    return text, n_block + n_comment + n_tag
 
 
 def unescape_entities(text: str) -> tuple[str, int]:

@@ -344,3 +344,19 @@ def test_tampered_run_folder_is_one_line_error(tamper: Any, fragment: str, finis
     tamper(out)
     res = cli("report", str(out))
     assert_one_line_error(res, fragment)
+
+
+# -- no input can hang the clean stage ---------------------------------------------------------
+@pytest.mark.parametrize("hostile", ["<!--" * 250_000, "<br" + " " * 1_000_000],
+                         ids=["unclosed-comments", "unclosed-tag"])
+def test_html_cleaning_is_linear_on_hostile_text(hostile: str, tmp_path: Path,
+                                                 corpora: Path) -> None:
+    """Each of these took hours in the clean stage (quadratic regex scans)."""
+    real = json.loads((corpora / "spo-repair-records" / "spo_0.subset.json")
+                      .read_text(encoding="utf-8").splitlines()[0])
+    real["text"] = real["text"] + hostile
+    src = tmp_path / "spo.jsonl"
+    src.write_text(json.dumps(real, ensure_ascii=False) + "\n", encoding="utf-8")
+    manifest, _ = run(tmp_path, [{"reader": "spo", "path": str(src)}],
+                      stages=["clean", {"name": "split", "ratios": [1, 0, 0]}, "write"])
+    assert manifest["counts"]["train"] == 1
