@@ -17,6 +17,7 @@ Derandomized and bounded (``EXAMPLES`` per reader), so CI is reproducible and qu
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ from tests.dataprep.guards import hang_guard
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "data"
-EXAMPLES = 50
+# 50 per reader in CI; DATAPREP_FUZZ_EXAMPLES=1000 for a deeper search before a release.
+EXAMPLES = int(os.environ.get("DATAPREP_FUZZ_EXAMPLES", "50"))
 
 # The seed file of each reader. A reader added to the registry without one fails
 # test_every_reader_has_a_seed, so the fuzz test always covers every reader.
