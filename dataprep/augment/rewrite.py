@@ -87,7 +87,9 @@ def _facility_rules() -> list[Rule]:
         pat = re.compile(f"(?:能|可以)?(?:{verbs}){re.escape(canon)}(?!免费|服务|设施|处)")
         rules.append(Rule(pat, tuple(FACILITY_VERB_REWRITES[canon])))
     for canon in sorted(FACILITY_NOUN_REWRITES, key=len, reverse=True):
-        pat = re.compile(f"(?<![{''.join(set(''.join(FACILITY_VERBS)))}]){re.escape(canon)}"
+        # Sorted: a set's order depends on PYTHONHASHSEED, and the pattern text goes into
+        # rules_hash (the lineage of every rule rewrite), which must not change between runs.
+        pat = re.compile(f"(?<![{''.join(sorted(set(''.join(FACILITY_VERBS))))}]){re.escape(canon)}"
                          "(?!免费|服务|设施|处)")
         rules.append(Rule(pat, tuple(FACILITY_NOUN_REWRITES[canon])))
     return rules
