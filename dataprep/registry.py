@@ -30,6 +30,11 @@ STAGES: dict[str, str] = {
     "split": "dataprep.stages.split:Split",
     "augment": "dataprep.stages.augment:Augment",
     "write": "dataprep.stages.write:Write",
+}
+
+# Steps that run once on the finished run folder, after manifest.json is written. In a config
+# they are listed among the stages (their position there does not matter, their order does).
+POST_RUN: dict[str, str] = {
     "expectations": "dataprep.stages.expectations:Expectations",
     "report": "dataprep.stages.report:Report",
 }
@@ -37,7 +42,8 @@ STAGES: dict[str, str] = {
 
 def _load(table: dict[str, str], kind: str, name: str) -> Any:
     if name not in table:
-        raise ConfigError(f"unknown {kind} {name!r}; available: {', '.join(sorted(table))}")
+        names = sorted({**STAGES, **POST_RUN}) if kind == "stage" else sorted(table)
+        raise ConfigError(f"unknown {kind} {name!r}; available: {', '.join(names)}")
     module, _, attr = table[name].partition(":")
     try:
         return getattr(importlib.import_module(module), attr)
@@ -50,4 +56,9 @@ def reader_class(name: str) -> Any:
 
 
 def stage_class(name: str) -> Any:
-    return _load(STAGES, "stage", name)
+    """The class of a stage or of a post-run step (both are listed under ``stages:``)."""
+    return _load({**STAGES, **POST_RUN}, "stage", name)
+
+
+def is_post_run(name: str) -> bool:
+    return name in POST_RUN

@@ -27,7 +27,7 @@ text, and a record none of whose turns survives gets no derived twin. Per-record
 counted in ``stats["augment"]["ops"][op]`` (``added``, ``not_selected``, ``kept:<reason>``,
 ``skipped:<reason>``), per-turn ones in ``stats["augment"]["turns"][op]``; every discarded rewrite
 is kept as evidence in ``augment_discarded.jsonl``; the LLM client's stats go to
-``artifacts["llm"]``. LLM answers are cached (default ``<out>/llm_cache``), so a killed run
+the manifest's ``artifacts.llm``. LLM answers are cached (default ``<out>/llm_cache``), so a killed run
 resumes without re-sending an answered request.
 
 >>> Augment(ops=["followup", {"name": "closing", "share": 0.5}]).ops[1].options["share"]
@@ -66,7 +66,7 @@ from dataprep.readers.docqa import (
     UNANSWERABLE_ANSWER,
 )
 from dataprep.record import Conversation
-from dataprep.stages.base import RunContext, Stage
+from dataprep.stages.base import RunContext, Stage, StageOptions
 from dataprep.stages.split import SPLITS
 
 # op -> (corpus, default options). "share" is the fraction of applicable records the op runs on.
@@ -172,23 +172,38 @@ def _templates_hash() -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:12]
 
 
+@dataclass
+class AugmentOptions(StageOptions):
+    """``ops`` (see the module docstring), ``splits`` (default ``[train]``), ``seed`` (default:
+    the run seed), ``evidence`` (write ``augment_discarded.jsonl``, default true)."""
+
+    ops: list[Any] | None = None
+    splits: list[str] | tuple[str, ...] = ("train",)
+    seed: int | None = None
+    evidence: bool = True
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.splits) - set(SPLITS))
+        if bad or not self.splits:
+            raise ConfigError(f"augment.splits must be a non-empty subset of {list(SPLITS)}, "
+                              f"got {list(self.splits)}")
+
+
 class Augment(Stage):
-    """Options: ``ops`` (see the module docstring), ``splits`` (default ``[train]``), ``seed``
-    (default: the run seed), ``evidence`` (write ``augment_discarded.jsonl``, default true)."""
+    """Adds derived records (see the module docstring). Options: :class:`AugmentOptions`;
+    resources: the hotel database, the tokenizer (``max_tokens``) and the ``llm:`` settings."""
 
     name = "augment"
 
-    def __init__(self, ops: list[Any] | None = None,
-                 splits: list[str] | tuple[str, ...] = ("train",), seed: int | None = None,
-                 evidence: bool = True) -> None:
-        self.ops = parse_ops(ops)
-        bad = sorted(set(splits) - set(SPLITS))
-        if bad or not splits:
-            raise ConfigError(f"augment.splits must be a non-empty subset of {list(SPLITS)}, "
-                              f"got {list(splits)}")
-        self.splits = list(splits)
-        self.seed = seed
-        self.evidence = evidence
+    Options = AugmentOptions
+    uses = ("hotel_db", "tokenizer", "llm")
+    options: AugmentOptions
+
+    def setup(self) -> None:
+        self.ops = parse_ops(self.options.ops)
+        self.splits = list(self.options.splits)
+        self.seed = self.options.seed
+        self.evidence = self.options.evidence
 
     def describe(self) -> dict[str, Any]:
         return {"ops": [{"name": o.name, **o.options} for o in self.ops], "splits": self.splits,
@@ -198,7 +213,7 @@ class Augment(Stage):
     def run(self, records: Iterable[Conversation], ctx: RunContext) -> Iterator[Conversation]:
         recs = list(records)
         seed = ctx.seed if self.seed is None else self.seed
-        st = ctx.stats[self.name]
+        st = self.stats
         st.update({"records": len(recs), "in_scope": 0, "out_of_scope": {},
                    "ops": {o.name: {} for o in self.ops}, "turns": {}})
         scope = []
@@ -225,8 +240,8 @@ class Augment(Stage):
             with AtomicWriter(path) as fh:
                 for item in run.discarded:
                     fh.write(dumps(item) + "\n")
-            ctx.artifacts["augment"] = {"discarded": str(path),
-                                        "discarded_count": len(run.discarded)}
+            self.stats.artifacts["augment"] = {"discarded": str(path),
+                                               "discarded_count": len(run.discarded)}
 
 
 class _Run:
@@ -235,6 +250,7 @@ class _Run:
     def __init__(self, stage: Augment, ctx: RunContext, seed: int,
                  scope: list[Conversation]) -> None:
         self.stage, self.ctx, self.seed, self.scope = stage, ctx, seed, scope
+        self.resources = stage.resources
         self.discarded: list[dict[str, Any]] = []
         self._extractor: SlotExtractor | None = None
         self._templates = _templates_hash()
@@ -244,15 +260,15 @@ class _Run:
     @property
     def extractor(self) -> SlotExtractor:
         if self._extractor is None:
-            self._extractor = SlotExtractor.from_db(self.ctx.hotel_db)
+            self._extractor = SlotExtractor.from_db(self.resources.hotel_db)
         return self._extractor
 
     def count(self, op: str, outcome: str) -> None:
-        ops = self.ctx.stats[self.stage.name]["ops"]
+        ops = self.stage.stats["ops"]
         ops[op][outcome] = ops[op].get(outcome, 0) + 1
 
     def count_turn(self, op: str, outcome: str) -> None:
-        turns = self.ctx.stats[self.stage.name]["turns"].setdefault(op, {})
+        turns = self.stage.stats["turns"].setdefault(op, {})
         turns[outcome] = turns.get(outcome, 0) + 1
 
     def derive_all(self) -> dict[int, list[tuple[str, Conversation]]]:
@@ -297,15 +313,15 @@ class _Run:
         if op.name == "rewrite_rules":
             return self._rewrite_rules(op, rec, rng)
         if op.name == "followup":
-            facilities = sorted(getattr(self.ctx.hotel_db, "facility_names", ()) or ())
-            child, outcome = hotel_ops.followup(rec, self.ctx.hotel_db, rng, o["aspects"],
+            facilities = sorted(getattr(self.resources.hotel_db, "facility_names", ()) or ())
+            child, outcome = hotel_ops.followup(rec, self.resources.hotel_db, rng, o["aspects"],
                                                 facilities)
         elif op.name == "closing":
-            child, outcome = hotel_ops.closing(rec, self.ctx.hotel_db, rng)
+            child, outcome = hotel_ops.closing(rec, self.resources.hotel_db, rng)
         elif op.name == "name_query":
-            child, outcome = hotel_ops.name_query(rec, self.ctx.hotel_db, rng, o["max_results"])
+            child, outcome = hotel_ops.name_query(rec, self.resources.hotel_db, rng, o["max_results"])
         elif op.name == "price_upper_query":
-            child, outcome = hotel_ops.price_upper_query(rec, self.ctx.hotel_db, rng,
+            child, outcome = hotel_ops.price_upper_query(rec, self.resources.hotel_db, rng,
                                                          o["max_results"], o["type_share"])
         elif op.name == "docqa_contrastive":
             child, outcome = docqa_ops.contrastive(
@@ -331,7 +347,7 @@ class _Run:
     def _token_counter(self, op: OpSpec) -> docqa_ops.TokenCounter | None:
         if op.options["max_tokens"] is None:
             return None
-        tok = self.ctx.tokenizer
+        tok = self.resources.tokenizer
         if tok is None:
             raise ConfigError(f"augment op {op.name!r}: max_tokens needs a tokenizer; set "
                               "'tokenizer: PATH' in the config or drop max_tokens")
@@ -350,7 +366,7 @@ class _Run:
     def _rewrite_llm(self, op: OpSpec, chosen: list[Conversation]) -> dict[int, Conversation]:
         from dataprep.llm import LLMClient, LLMConfig, LLMRequest
 
-        cfg = {**(self.ctx.artifacts.get("llm_config") or {}), **(op.options["llm"] or {})}
+        cfg = {**(self.resources.llm or {}), **(op.options["llm"] or {})}
         if not cfg.get("model"):
             raise ConfigError("augment op 'rewrite_llm' needs an LLM: add a top-level 'llm:' "
                               "section with at least 'model' and 'base_url' (and 'api_key_env' "
@@ -377,7 +393,7 @@ class _Run:
             raise ConfigError(f"llm: {e}") from e
         with client:
             results = client.complete_many_sync(requests) if requests else []
-            self.ctx.artifacts["llm"] = client.stats
+            self.stage.stats.artifacts["llm"] = client.stats
         by_rec: dict[int, dict[int, Any]] = defaultdict(dict)
         for r in results:
             key, idx = where[r.id]

@@ -26,7 +26,7 @@ seeded by the run seed and the class, so the result does not depend on input ord
 
 Each corpus, and after the split each balanced split, is balanced on its own (its own median).
 
-``ctx.stats["balance"]``: label, mode, splits, ``before``/``after`` class sizes (flat, keyed
+``Balance.stats``: label, mode, splits, ``before``/``after`` class sizes (flat, keyed
 ``corpus:label`` or ``corpus/split:label`` when several groups are balanced), ``by_corpus`` (one
 entry per group) with the resolved cap, floor and median, ``removed``, ``added`` and, in weight
 mode, ``weights``.
@@ -41,11 +41,12 @@ import random
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from dataprep.errors import ConfigError
 from dataprep.record import Conversation
-from dataprep.stages.base import RunContext, Stage
+from dataprep.stages.base import RunContext, Stage, StageOptions
 
 MODES = ("cap", "floor", "both", "weight")
 DEFAULT_BUCKETS = {"answer_length": (10, 30, 100, 300), "doc_length": (500, 1000, 2000, 5000)}
@@ -118,17 +119,23 @@ def resolve_count(name: str, value: int | float, median: float) -> int:
     return int(value) if isinstance(value, int) else max(1, round(value * median))
 
 
-class Balance(Stage):
-    """Options: ``label`` (name, or corpus -> name), ``mode`` (cap|floor|both|weight), ``cap``,
-    ``floor``, ``max_weight``, ``splits`` (after split; default ``[train]``), ``buckets``
-    (length bucket edges), ``seed`` (default: the run seed). See the module docstring."""
+@dataclass
+class BalanceOptions(StageOptions):
+    """``label`` (name, or corpus -> name), ``mode`` (cap|floor|both|weight), ``cap``, ``floor``,
+    ``max_weight``, ``splits`` (after split; default ``[train]``), ``buckets`` (length bucket
+    edges), ``seed`` (default: the run seed). See the module docstring."""
 
-    name = "balance"
+    label: str | dict[str, str] = "label"
+    mode: str = "cap"
+    cap: int | float | None = None
+    floor: int | float | None = None
+    max_weight: float | None = None
+    splits: list[str] | None = None
+    buckets: list[int] | None = None
+    seed: int | None = None
 
-    def __init__(self, *, label: str | dict[str, str] = "label", mode: str = "cap",
-                 cap: int | float | None = None, floor: int | float | None = None,
-                 max_weight: float | None = None, splits: list[str] | None = None,
-                 buckets: list[int] | None = None, seed: int | None = None) -> None:
+    def __post_init__(self) -> None:
+        mode, cap, floor = self.mode, self.cap, self.floor
         if mode not in MODES:
             raise ConfigError(f"balance.mode must be one of {', '.join(MODES)}, got {mode!r}")
         if mode in ("cap", "both") and cap is None:
@@ -140,19 +147,28 @@ class Balance(Stage):
         for opt, value in (("cap", cap), ("floor", floor)):
             if value is not None:
                 resolve_count(opt, value, 1.0)  # type check now, not at the first record
-        if max_weight is not None and max_weight <= 0:
-            raise ConfigError(f"balance.max_weight must be positive, got {max_weight!r}")
-        if splits is not None and (not splits or not all(isinstance(s, str) for s in splits)):
+        if self.max_weight is not None and self.max_weight <= 0:
+            raise ConfigError(f"balance.max_weight must be positive, got {self.max_weight!r}")
+        splits = self.splits
+        if splits is not None and (not splits or not all(isinstance(x, str) for x in splits)):
             raise ConfigError(f"balance.splits must be a list of split names, got {splits!r}")
-        self.label = label
-        self.mode = mode
-        self.cap = cap
-        self.floor = floor
-        self.max_weight = max_weight
-        self.splits = list(splits) if splits is not None else None
-        self.buckets = list(buckets) if buckets is not None else None
-        self.seed = seed
-        for name in (label.values() if isinstance(label, dict) else [label]):
+
+
+class Balance(Stage):
+    """Options: :class:`BalanceOptions`. See the module docstring."""
+
+    name = "balance"
+
+    Options = BalanceOptions
+    options: BalanceOptions
+
+    def setup(self) -> None:
+        o = self.options
+        self.label, self.mode, self.cap, self.floor = o.label, o.mode, o.cap, o.floor
+        self.max_weight, self.seed = o.max_weight, o.seed
+        self.splits = list(o.splits) if o.splits is not None else None
+        self.buckets = list(o.buckets) if o.buckets is not None else None
+        for name in (o.label.values() if isinstance(o.label, dict) else [o.label]):
             if name != "scenario":  # imported lazily: it needs the hotel module
                 label_function(name, self.buckets)
 
@@ -197,7 +213,7 @@ class Balance(Stage):
                 continue
             out.append(rec)
             out.extend(copies.get(id(rec), []))
-        self._write_stats(ctx, by_corpus, after_split, targets)
+        self._write_stats(by_corpus, after_split, targets)
         yield from out
 
     def _balance_group(self, group: str, members: dict[str, list[Conversation]], seed: int,
@@ -254,7 +270,7 @@ class Balance(Stage):
             info["weights"] = weights
         return info
 
-    def _write_stats(self, ctx: RunContext, by_corpus: dict[str, Any], after_split: bool,
+    def _write_stats(self, by_corpus: dict[str, Any], after_split: bool,
                      targets: set[str] | None) -> None:
         multi = len(by_corpus) > 1
 
@@ -263,7 +279,7 @@ class Balance(Stage):
                     for c, info in by_corpus.items() for label, n in info[key].items()}
 
         before, after = flat("before"), flat("after")
-        st = ctx.stats[self.name]
+        st = self.stats
         st.update({
             "label": self.label, "mode": self.mode,
             "applied": "after_split" if after_split else "before_split",

@@ -48,7 +48,7 @@ Defaults and the rates measured on the public corpora (after ``clean``):
   others list branches without the brand ("分别是北京望京798店、北京天坛店"), so the default only
   flags.
 
-``ctx.stats["validate"]``: ``valid``, per rule ``{mode, checked, failed, rate}``, and the detail
+``Validate.stats``: ``valid``, per rule ``{mode, checked, failed, rate}``, and the detail
 rates ``triples``, ``grounding`` (overall and by source file) and ``reply_mentions``.
 
 >>> Validate(grounding_threshold=0.6, rules={"triple_not_in_text": "flag"}).rules["consecutive_user"]
@@ -57,7 +57,8 @@ rates ``triples``, ``grounding`` (overall and by source file) and ``reply_mentio
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ from dataprep.errors import ConfigError
 from dataprep.readers.docqa import UNANSWERABLE_ANSWER
 from dataprep.readers.spo import RELATIONS
 from dataprep.record import MISSING, Conversation
-from dataprep.stages.base import RunContext, Stage
+from dataprep.stages.base import RunContext, Stage, StageOptions
 from dataprep.text import grounding_score
 
 MODES = ("reject", "flag", "off")
@@ -125,39 +126,58 @@ def role_order_problems(roles: list[str]) -> list[Problem]:
     return out
 
 
-class Validate(Stage):
-    """Options: ``rules`` (rule -> reject|flag|off, merged over the defaults), ``relations``
-    (the SPO relation set; default the reader's four), ``grounding_threshold`` (0..1, default
-    0.5), ``grounding_ngram`` (default 2), ``hotel_tool`` (the tool whose calls are checked
-    against the hotel database; default ``search_hotels``)."""
+@dataclass
+class ValidateOptions(StageOptions):
+    """``rules`` (rule -> reject|flag|off, merged over the defaults), ``relations`` (the SPO
+    relation set; default the reader's four), ``grounding_threshold`` (0..1), ``grounding_ngram``,
+    ``hotel_tool`` (the tool whose calls are checked against the hotel database)."""
 
-    name = "validate"
+    rules: dict[str, str] | None = None
+    relations: list[str] | None = None
+    grounding_threshold: float = 0.5
+    grounding_ngram: int = 2
+    hotel_tool: str = "search_hotels"
 
-    def __init__(self, *, rules: dict[str, str] | None = None,
-                 relations: Iterable[str] | None = None, grounding_threshold: float = 0.5,
-                 grounding_ngram: int = 2, hotel_tool: str = "search_hotels") -> None:
-        unknown = set(rules or {}) - set(DEFAULT_RULES)
+    def __post_init__(self) -> None:
+        unknown = set(self.rules or {}) - set(DEFAULT_RULES)
         if unknown:
             raise ConfigError(f"validate.rules: unknown rules {sorted(unknown)}; available: "
                               f"{', '.join(DEFAULT_RULES)}")
-        self.rules = {**DEFAULT_RULES, **(rules or {})}
+        self.rules = {**DEFAULT_RULES, **(self.rules or {})}
         for rule, mode in self.rules.items():
             if mode not in MODES:
                 raise ConfigError(f"validate.rules.{rule} must be one of {', '.join(MODES)}, "
                                   f"got {mode!r}")
-        if not 0.0 <= float(grounding_threshold) <= 1.0:
+        if not 0.0 <= float(self.grounding_threshold) <= 1.0:
             raise ConfigError(f"validate.grounding_threshold must be between 0 and 1, "
-                              f"got {grounding_threshold!r}")
-        if int(grounding_ngram) < 1:
-            raise ConfigError(f"validate.grounding_ngram must be >= 1, got {grounding_ngram!r}")
-        self.relations = list(relations) if relations is not None else list(RELATIONS)
-        self.grounding_threshold = float(grounding_threshold)
-        self.grounding_ngram = int(grounding_ngram)
-        self.hotel_tool = hotel_tool
+                              f"got {self.grounding_threshold!r}")
+        if int(self.grounding_ngram) < 1:
+            raise ConfigError(f"validate.grounding_ngram must be >= 1, "
+                              f"got {self.grounding_ngram!r}")
+        self.relations = list(self.relations) if self.relations is not None else list(RELATIONS)
+        self.grounding_threshold = float(self.grounding_threshold)
+        self.grounding_ngram = int(self.grounding_ngram)
+
+
+class Validate(Stage):
+    """Options: :class:`ValidateOptions`. Resources: the hotel database (hotel records only)."""
+
+    name = "validate"
+    Options = ValidateOptions
+    uses = ("hotel_db",)
+    options: ValidateOptions
+
+    def setup(self) -> None:
+        o = self.options
+        self.rules: dict[str, str] = dict(o.rules or {})
+        self.relations = list(o.relations or [])
+        self.grounding_threshold = o.grounding_threshold
+        self.grounding_ngram = o.grounding_ngram
+        self.hotel_tool = o.hotel_tool
 
     # -- bookkeeping --------------------------------------------------------------------------
-    def _stats(self, ctx: RunContext) -> dict[str, Any]:
-        st = ctx.stats[self.name]
+    def _stats(self) -> dict[str, Any]:
+        st = self.stats
         if "rules" not in st:
             st.update({"valid": 0, "flagged": 0,
                        "rules": {r: {"mode": m, "checked": 0, "failed": 0, "rate": 0.0}
@@ -178,7 +198,7 @@ class Validate(Stage):
 
     # -- the stage ----------------------------------------------------------------------------
     def process(self, rec: Conversation, ctx: RunContext) -> Iterator[Conversation]:
-        st = self._stats(ctx)
+        st = self._stats()
         problems = schema.output_problems(rec.to_chatglm3())
         if problems:
             reason, pointer, message = problems[0]
@@ -192,7 +212,7 @@ class Validate(Stage):
         elif rec.corpus == "docqa":
             found += self._docqa(rec, st)
         elif rec.corpus == "hotel":
-            found += self._hotel(rec, ctx, st)
+            found += self._hotel(rec, st)
         rejects = [p for p in found if self.rules[p[0]] == "reject"]
         if rejects:
             reason, message = rejects[0]
@@ -285,7 +305,7 @@ class Validate(Stage):
             f"document(s), under grounding_threshold {self.grounding_threshold}")
         return [("answer_not_grounded", f"/meta/answer: {answer[:40]!r}: {why}")]
 
-    def _hotel(self, rec: Conversation, ctx: RunContext, st: dict[str, Any]) -> list[Problem]:
+    def _hotel(self, rec: Conversation, st: dict[str, Any]) -> list[Problem]:
         found: list[Problem] = []
         check_db = self.rules["observation_violates_call"] != "off"
         check_reply = self.rules["reply_mentions_no_result"] != "off"
@@ -300,7 +320,7 @@ class Validate(Stage):
             if check_db:
                 db_checked = True
                 for j, hotel in enumerate(obs):
-                    problems = ctx.hotel_db.violations(hotel, msg.parameters or {})
+                    problems = self.resources.hotel_db.violations(hotel, msg.parameters or {})
                     if problems and not violates:
                         violates = True
                         name = hotel.get("name") if isinstance(hotel, dict) else hotel

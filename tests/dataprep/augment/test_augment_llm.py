@@ -33,8 +33,9 @@ from dataprep.hotel_db import HotelDB
 from dataprep.llm.cache import count_answers
 from dataprep.llm.fake_server import FakeChatServer, Fault, RequestInfo, first_user_message
 from dataprep.record import Conversation
+from dataprep.resources import Resources
 from dataprep.stages.augment import DISCARDED_FILE, Augment
-from dataprep.stages.base import RunContext
+from dataprep.stages.base import RunContext, StageStats
 from dataprep.tools import FACILITIES
 
 N_RECORDS = 30
@@ -119,24 +120,24 @@ def records(lab_records: list[Conversation]) -> list[Conversation]:
 
 
 def run_stage(records: list[Conversation], out: Path, db_path: Path,
-              llm: dict[str, Any]) -> tuple[list[Conversation], RunContext]:
-    ctx = RunContext(out, seed=5, hotel_db_path=str(db_path))
-    ctx.artifacts["llm_config"] = llm
-    result = list(Augment(ops=["rewrite_llm"]).run(records, ctx))
-    return result, ctx
+              llm: dict[str, Any]) -> tuple[list[Conversation], RunContext, StageStats]:
+    ctx = RunContext(out, seed=5)
+    stage = Augment(ops=["rewrite_llm"], resources=Resources(hotel_db_path=str(db_path), llm=llm))
+    result = list(stage.run(records, ctx))
+    return result, ctx, stage.stats
 
 
 def test_llm_rewrites_with_faults_and_slot_errors(records: list[Conversation], hotel_db: HotelDB,
                                                  hotel_db_path: Path, tmp_path: Path) -> None:
     model = Model([h.name for h in hotel_db.hotels])
     with FakeChatServer(faults=faults, answer=model) as server:
-        result, ctx = run_stage(records, tmp_path, hotel_db_path, llm_config(server.base_url))
+        result, ctx, stats = run_stage(records, tmp_path, hotel_db_path, llm_config(server.base_url))
         log = server.log
     # the run completes; every original is passed on, and derived records follow their parent
     originals = [r for r in result if r.lineage.parent_id is None]
     derived = {r.lineage.parent_id: r for r in result if r.lineage.parent_id is not None}
     assert [r.id for r in originals] == [r.id for r in records]
-    st = ctx.stats["augment"]
+    st = stats
     outcomes = st["ops"]["rewrite_llm"]
     # each record is either augmented or kept with a reason, and the counts add up
     assert outcomes.get("added", 0) == len(derived) == sum(ctx.counts.added.values())
@@ -180,7 +181,7 @@ def test_llm_rewrites_with_faults_and_slot_errors(records: list[Conversation], h
         assert turn_stats[f"failed:{reason}"] == turns_seen[reason], reason
 
     # the client's stats are in the artifacts, and the faults were met and overcome
-    stats = ctx.artifacts["llm"]
+    stats = stats.artifacts["llm"]
     assert stats["items"] == stats["items_ok"] + stats["items_failed"]
     assert set(stats["failures"]) == {"llm_http_4xx"}
     assert stats["retries"]["server_error"] and stats["retries"]["rate_limited"]
@@ -215,15 +216,15 @@ def test_budget_exhaustion_keeps_records_with_a_reason(records: list[Conversatio
                                                        tmp_path: Path) -> None:
     model = Model([h.name for h in hotel_db.hotels])
     with FakeChatServer(answer=model) as server:
-        result, ctx = run_stage(records, tmp_path, hotel_db_path,
+        result, ctx, stats = run_stage(records, tmp_path, hotel_db_path,
                                 llm_config(server.base_url, budget_max_requests=6,
                                            max_concurrency=1))
         assert len(server.log) == 6
-    outcomes = ctx.stats["augment"]["ops"]["rewrite_llm"]
+    outcomes = stats["ops"]["rewrite_llm"]
     assert outcomes["kept:llm_budget_exhausted"] > 15
     assert sum(outcomes.values()) == len(records)
     assert len(result) == len(records) + outcomes.get("added", 0)
-    assert ctx.artifacts["llm"]["failures"]["llm_budget_exhausted"] > 15
+    assert stats.artifacts["llm"]["failures"]["llm_budget_exhausted"] > 15
 
 
 def test_timeouts_are_retried(records: list[Conversation], hotel_db: HotelDB,
@@ -236,22 +237,22 @@ def test_timeouts_are_retried(records: list[Conversation], hotel_db: HotelDB,
         return Fault.slow(3) if info.first_user == slow_turn and info.item_attempt == 0 else None
 
     with FakeChatServer(answer=model, faults=plan) as server:
-        _, ctx = run_stage([rec], tmp_path, hotel_db_path,
+        _, ctx, stats = run_stage([rec], tmp_path, hotel_db_path,
                            llm_config(server.base_url, timeout_s=0.5))
         assert Counter(e.outcome for e in server.log)["slow"] == 1
-    assert ctx.artifacts["llm"]["retries"]["timeout"] == 1
-    assert ctx.artifacts["llm"]["failures"] == {}
+    assert stats.artifacts["llm"]["retries"]["timeout"] == 1
+    assert stats.artifacts["llm"]["failures"] == {}
     assert slow_turn in model.intent  # answered on the retry
 
 
 def test_dry_run_sends_nothing(records: list[Conversation], hotel_db_path: Path,
                                tmp_path: Path) -> None:
     with FakeChatServer() as server:
-        result, ctx = run_stage(records[:5], tmp_path, hotel_db_path,
+        result, ctx, stats = run_stage(records[:5], tmp_path, hotel_db_path,
                                 llm_config(server.base_url, dry_run=True))
         assert server.log == []
-    assert ctx.stats["augment"]["ops"]["rewrite_llm"] == {"kept:llm_dry_run": 5}
-    assert ctx.artifacts["llm"]["dry_run"]["requests"] > 0
+    assert stats["ops"]["rewrite_llm"] == {"kept:llm_dry_run": 5}
+    assert stats.artifacts["llm"]["dry_run"]["requests"] > 0
     assert len(result) == 5
 
 

@@ -158,13 +158,16 @@ def test_added_dialogs_pass_the_validate_stage(lab_records: list[Conversation],
     """The validate stage's own rules (observation_violates_call, reply mentions, role order)
     accept every dialog the ops create from a parent that passes them (in a pipeline, validate
     runs before split and augment, so only such parents are augmented)."""
+    from dataprep.resources import Resources
     from dataprep.stages.base import RunContext
 
-    ctx = RunContext(tmp_path, hotel_db_path=str(hotel_db_path))
-    db = ctx.hotel_db
-    parents = list(Validate().run([r.derive(r.id, "copy") for r in lab_records[:120]], ctx))
+    resources = Resources(hotel_db_path=str(hotel_db_path))
+    db = resources.hotel_db
+    ctx = RunContext(tmp_path)
+    parents = list(Validate(resources=resources).run(
+        [r.derive(r.id, "copy") for r in lab_records[:120]], ctx))
     assert len(parents) > 60
-    ctx = RunContext(tmp_path, hotel_db_path=str(hotel_db_path))
+    ctx = RunContext(tmp_path)
     made = []
     for i, rec in enumerate(parents):
         for op in (hotel_ops.name_query, hotel_ops.price_upper_query, hotel_ops.closing):
@@ -174,7 +177,7 @@ def test_added_dialogs_pass_the_validate_stage(lab_records: list[Conversation],
         child, _ = hotel_ops.followup(rec, db, rng(i), facilities=sorted(db.facility_names))
         if child is not None:
             made.append(child)
-    kept = list(Validate().run(made, ctx))
+    kept = list(Validate(resources=resources).run(made, ctx))
     assert len(made) > 150
     assert len(kept) == len(made), [r.to_dict() for r in ctx.rejects[:3]]
 
