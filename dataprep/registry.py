@@ -11,16 +11,19 @@ from typing import Any
 
 from dataprep.errors import ConfigError
 
-READERS: dict[str, str] = {
-    "spo": "dataprep.readers.spo:SpoReader",
-    "multidoc_qa": "dataprep.readers.multidoc_qa:MultiDocQAReader",
-    "cmrc2018": "dataprep.readers.cmrc2018:Cmrc2018Reader",
-    "dureader": "dataprep.readers.dureader:DuReaderReader",
-    "crosswoz": "dataprep.readers.crosswoz:CrossWOZReader",
-    "lab_dialog": "dataprep.readers.lab:LabDialogReader",
-    "lab_chatglm3": "dataprep.readers.lab:LabChatGLM3Reader",
+# Generic formats that are no corpus of their own; every corpus package adds its readers
+# (dataprep.corpora).
+FORMAT_READERS: dict[str, str] = {
     "chatglm3": "dataprep.readers.chatglm3:ChatGLM3Reader",
 }
+
+
+def readers() -> dict[str, str]:
+    """Reader name -> import string: the corpus readers, then the generic formats."""
+    from dataprep.corpora import reader_specs
+
+    return {**reader_specs(), **FORMAT_READERS}
+
 
 STAGES: dict[str, str] = {
     "clean": "dataprep.stages.clean:Clean",
@@ -52,7 +55,7 @@ def _load(table: dict[str, str], kind: str, name: str) -> Any:
 
 
 def reader_class(name: str) -> Any:
-    return _load(READERS, "reader", name)
+    return _load(readers(), "reader", name)
 
 
 def stage_class(name: str) -> Any:

@@ -48,7 +48,7 @@ class Resources:
         if not self.hotel_db_path:
             raise ConfigError("this step needs the hotel database: set 'hotel_db: PATH' "
                               "in the config (or --hotel-db)")
-        from dataprep.hotel_db import HotelDB
+        from dataprep.corpora.hotel.hotel_db import HotelDB
 
         return HotelDB.load(self.hotel_db_path)
 

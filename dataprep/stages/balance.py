@@ -3,11 +3,11 @@
 The label is chosen per corpus (``label``, a name or a mapping corpus -> name):
 
 - ``label``: the record's own label (SPO: its rarest relation; whatever the reader set);
-- ``scenario``: the hotel dialogue's scenario, :func:`dataprep.hotel_db.scenario_label`
-  (facility / rating / price / name / type / followup / closing);
-- ``answer_length`` / ``doc_length``: doc-QA length buckets of the answer or of the positive
-  documents, in characters (edges in ``buckets``);
-- ``meta.KEY``: any value the reader put in ``meta``.
+- ``meta.KEY``: any value the reader put in ``meta``;
+- a label a corpus package declares (:mod:`dataprep.corpora`): ``scenario`` (hotel: facility /
+  rating / price / name / type / followup / closing), ``answer_length`` / ``doc_length`` (doc-QA
+  length buckets of the answer or of the positive documents, in characters; edges in
+  ``buckets``).
 
 Modes: ``cap`` downsamples every class above ``cap`` records (seeded sample, removed with reason
 ``balance_downsample``); ``floor`` upsamples every class below ``floor`` with copies made by
@@ -49,26 +49,13 @@ from dataprep.record import Conversation
 from dataprep.stages.base import RunContext, Stage, StageOptions
 
 MODES = ("cap", "floor", "both", "weight")
-DEFAULT_BUCKETS = {"answer_length": (10, 30, 100, 300), "doc_length": (500, 1000, 2000, 5000)}
 NO_LABEL = "(none)"
 
 
-def length_bucket(n: int, edges: Iterable[int]) -> str:
-    """The bucket name of a length: ``"0-10"``, ``"11-30"``, ... ``">300"``.
-
-    >>> length_bucket(7, (10, 30)), length_bucket(30, (10, 30)), length_bucket(31, (10, 30))
-    ('0-10', '11-30', '>30')
-    """
-    lo = 0
-    for edge in edges:
-        if n <= edge:
-            return f"{lo}-{edge}"
-        lo = edge + 1
-    return f">{lo - 1}"
-
-
 def label_function(name: str, buckets: Iterable[int] | None = None) -> Callable[[Conversation], str]:
-    """A function record -> class name for a ``label`` option value (see the module docstring).
+    """A function record -> class name for a ``label`` option value: ``label`` (the record's
+    own), ``meta.KEY``, or a label a corpus package declares (``scenario``, ``answer_length``,
+    ``doc_length``, ...; see :mod:`dataprep.corpora`).
 
     >>> from dataprep.record import Lineage, Message
     >>> rec = Conversation(id="a", messages=[Message("user", "q")], meta={"answer": "北京"},
@@ -76,35 +63,18 @@ def label_function(name: str, buckets: Iterable[int] | None = None) -> Callable[
     >>> label_function("answer_length")(rec)
     '0-10'
     """
+    from dataprep.corpora import label_names, label_spec, load
+
     if name == "label":
         return lambda rec: rec.label if rec.label is not None else NO_LABEL
-    if name == "scenario":
-        from dataprep.hotel_db import scenario_label
-
-        return scenario_label
-    if name in DEFAULT_BUCKETS:
-        edges = tuple(buckets) if buckets is not None else DEFAULT_BUCKETS[name]
-        if list(edges) != sorted(set(edges)):
-            raise ConfigError(f"balance.buckets must be increasing numbers, got {list(edges)}")
-        if name == "answer_length":
-            def answer_len(rec: Conversation) -> str:
-                answer = rec.meta.get("answer")
-                return length_bucket(len(answer), edges) if isinstance(answer, str) else NO_LABEL
-
-            return answer_len
-
-        def doc_len(rec: Conversation) -> str:
-            docs = rec.meta.get("positive_docs")
-            if not isinstance(docs, list):
-                return NO_LABEL
-            return length_bucket(sum(len(d) for d in docs if isinstance(d, str)), edges)
-
-        return doc_len
     if name.startswith("meta."):
         key = name[5:]
         return lambda rec: str(rec.meta[key]) if rec.meta.get(key) is not None else NO_LABEL
-    raise ConfigError(f"balance.label: unknown label {name!r}; use label, scenario, "
-                      "answer_length, doc_length or meta.KEY")
+    spec = label_spec(name)
+    if spec is None:
+        raise ConfigError(f"balance.label: unknown label {name!r}; use label, "
+                          f"{', '.join(label_names())} or meta.KEY")
+    return load(spec)(buckets)
 
 
 def resolve_count(name: str, value: int | float, median: float) -> int:
@@ -169,8 +139,7 @@ class Balance(Stage):
         self.splits = list(o.splits) if o.splits is not None else None
         self.buckets = list(o.buckets) if o.buckets is not None else None
         for name in (o.label.values() if isinstance(o.label, dict) else [o.label]):
-            if name != "scenario":  # imported lazily: it needs the hotel module
-                label_function(name, self.buckets)
+            label_function(name, self.buckets)  # an unknown label or bad buckets fail now
 
     def _label_of(self, corpus: str) -> Callable[[Conversation], str]:
         name = self.label.get(corpus, "label") if isinstance(self.label, dict) else self.label

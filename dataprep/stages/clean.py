@@ -3,8 +3,9 @@
 What is cleaned, and why:
 
 - the ``content`` of ``system``/``user``/``assistant``/``observation`` messages (``roles``);
-- the reader's parsed copies of that text in ``meta`` (``meta_fields``: the SPO source text and
-  triples, the doc-QA question, answer and documents), with the same rules, so that ``validate``
+- the reader's parsed copies of that text in ``meta`` (``meta_fields``; default: the keys the
+  corpus packages declare, e.g. the SPO source text and triples, the doc-QA question, answer and
+  documents), with the same rules, so that ``validate``
   compares like with like ("ＡＢＳ泵" in the text and "ABS泵" in a cleaned triple would not match);
 - **not** tool calls. A tool message's ``parameters`` are what the model must learn to emit
   against a real database, and its ``observation`` is database output: rewriting a hotel name there
@@ -34,12 +35,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from dataprep.corpora import meta_fields
 from dataprep.errors import ConfigError
 from dataprep.record import TEXT_ROLES, Conversation
 from dataprep.stages.base import RunContext, Stage, StageOptions
 from dataprep.text import CHANGE_KINDS, NormalizeOptions, normalize, normalize_value
-
-DEFAULT_META_FIELDS = ("text", "triples", "question", "answer", "positive_docs", "negative_docs")
 
 Limit = int | dict[str, int] | None
 
@@ -69,7 +69,7 @@ class CleanOptions(StageOptions):
     ``tool_observation`` and the length limits (see the module docstring)."""
 
     roles: list[str] | tuple[str, ...] = TEXT_ROLES
-    meta_fields: list[str] | tuple[str, ...] = DEFAULT_META_FIELDS
+    meta_fields: list[str] | tuple[str, ...] | None = None
     tool_observation: bool = False
     html: bool = True
     control: bool = True
@@ -108,7 +108,8 @@ class Clean(Stage):
         if o.literal_newlines not in ("auto", "always", "never"):
             raise ConfigError("clean.literal_newlines must be auto, always or never, "
                               f"got {o.literal_newlines!r}")
-        self.meta_fields = tuple(o.meta_fields)
+        # Default: the text-bearing meta keys every corpus package declares.
+        self.meta_fields = tuple(o.meta_fields) if o.meta_fields is not None else meta_fields()
         self.tool_observation = bool(o.tool_observation)
         self.normalize = NormalizeOptions(
             html=o.html, control=o.control, zero_width=o.zero_width,

@@ -16,8 +16,8 @@ Expectations (name, default severity; any list in ``critical`` replaces the defa
 - ``max_tokens`` (warning, only with a tokenizer): a sample's text is at most ``max_tokens``;
 - ``label_not_null`` (warning): every sample has a label (stratification and balance use it);
 - ``tool_call_rate`` (critical): the share of samples with a tool call lies in the corpus's
-  ``tool_call_rate`` bounds (hotel 0.5–1.0: a hotel set without calls means a broken reader;
-  spo/docqa exactly 0);
+  ``tool_call_rate`` bounds, declared by each corpus package (hotel 0.5–1.0: a hotel set without
+  calls means a broken reader; spo/docqa exactly 0);
 - ``split_share_train|dev|test`` (warning): each split's share of the corpus is within
   ``split_tolerance`` (+ one record) of the split stage's ratios; upsampled copies are left
   out (``row_condition``), since balancing after the split enlarges train on purpose.
@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dataprep.corpora import tool_call_rates
 from dataprep.errors import ConfigError, ExpectationError
 from dataprep.record import ROLES
 from dataprep.stages.base import FinishedRun, PostRunStep, StageOptions
@@ -57,7 +58,6 @@ ALL_EXPECTATIONS = ("id_not_null", "id_unique", "roles_valid", "first_turn_user"
                     "last_turn_assistant", "min_messages", "no_empty_text", "max_message_chars",
                     "max_tokens", "label_not_null", "tool_call_rate", "split_share_train",
                     "split_share_dev", "split_share_test")
-DEFAULT_TOOL_CALL_RATE = {"hotel": (0.5, 1.0), "spo": (0.0, 0.0), "docqa": (0.0, 0.0)}
 DATA_DOCS = Path("gx") / "uncommitted" / "data_docs" / "local_site" / "index.html"
 _ROLES_RE = "^(?:{r})(?:,(?:{r}))*$".format(r="|".join(ROLES))
 
@@ -149,7 +149,7 @@ class Expectations(PostRunStep):
         self.critical = list(o.critical) if o.critical is not None else list(DEFAULT_CRITICAL)
         self.max_chars = int(o.max_chars)
         self.max_tokens = int(o.max_tokens)
-        rates = {k: tuple(v) for k, v in DEFAULT_TOOL_CALL_RATE.items()}
+        rates = {k: tuple(v) for k, v in tool_call_rates().items()}
         for corpus, bounds in (o.tool_call_rate or {}).items():
             rates[corpus] = (float(bounds[0]), float(bounds[1]))
         self.tool_call_rate = {k: list(v) for k, v in rates.items()}

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from dataprep.config import config_from_dict
+from dataprep.corpora.docqa.labels import length_bucket
 from dataprep.errors import ConfigError
 from dataprep.pipeline import Pipeline
 from dataprep.record import Conversation, Lineage, Message
-from dataprep.stages.balance import Balance, label_function, length_bucket
+from dataprep.stages.balance import Balance, label_function
 from dataprep.stages.base import RunContext
 
 SIZES = {"A": 10, "B": 4, "C": 1}
@@ -125,7 +126,7 @@ def test_bad_options() -> None:
 
 
 def test_labels_per_corpus(corpora: Path, hotel_db_path: Path) -> None:
-    from dataprep.readers.lab import LabChatGLM3Reader
+    from dataprep.corpora.hotel.lab import LabChatGLM3Reader
 
     assert [length_bucket(n, (10, 30)) for n in (0, 10, 11, 30, 31)] == \
         ["0-10", "0-10", "11-30", "11-30", ">30"]

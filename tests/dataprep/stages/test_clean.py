@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from dataprep.corpora.spo.reader import SpoReader
 from dataprep.errors import ConfigError
-from dataprep.readers.spo import SpoReader
 from dataprep.record import Conversation, Lineage, Message
 from dataprep.resources import Resources
 from dataprep.stages.base import RunContext

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from dataprep.corpora.docqa.common import UNANSWERABLE_ANSWER
+from dataprep.corpora.spo.reader import SpoReader
 from dataprep.errors import ConfigError
-from dataprep.readers.docqa import UNANSWERABLE_ANSWER
-from dataprep.readers.spo import SpoReader
 from dataprep.record import Conversation, Lineage, Message
 from dataprep.resources import Resources
 from dataprep.stages.base import RunContext
@@ -67,7 +67,9 @@ def test_spo_real_file_rates(spo_records: list[Conversation], tmp_path: Path) ->
     out, st = _validate(copy.deepcopy(spo_records), ctx)
     assert len(out) == 1125 and st["valid"] == 1125 and not ctx.rejects
     assert st["triples"] == {"records": 1125, "total": 4932, "in_text": 4932,
-                             "known_relation": 4932, "rate_in_text": 1.0, "skipped_no_meta": 0}
+                             "rate_in_text": 1.0, "skipped_no_meta": 0}
+    assert st["relations"] == {"records": 1125, "total": 4932, "known_relation": 4932,
+                               "skipped_no_meta": 0}
     assert st["rules"]["triple_not_in_text"] == {"mode": "reject", "checked": 1125, "failed": 0,
                                                  "rate": 0.0}
 
@@ -105,8 +107,8 @@ def test_grounding_score() -> None:
 
 @pytest.fixture(scope="module")
 def docqa_records(corpora: Path) -> list[Conversation]:
-    from dataprep.readers.cmrc2018 import Cmrc2018Reader
-    from dataprep.readers.dureader import DuReaderReader
+    from dataprep.corpora.docqa.cmrc2018 import Cmrc2018Reader
+    from dataprep.corpora.docqa.dureader import DuReaderReader
 
     return (_read(Cmrc2018Reader(corpora / "cmrc2018" / "cmrc2018_dev.json", negatives=0))
             + _read(DuReaderReader(corpora / "dureader-2.0-demo" / "search.train.json")))
@@ -159,7 +161,7 @@ def test_unanswerable_samples_pass(tmp_path: Path) -> None:
 # -- hotel --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lab_dev(corpora: Path, hotel_db_path: Path) -> list[Conversation]:
-    from dataprep.readers.lab import LabChatGLM3Reader
+    from dataprep.corpora.hotel.lab import LabChatGLM3Reader
 
     return _read(LabChatGLM3Reader(
         corpora / "crosswoz-hotel-finetune-lab" / "dev.chatglm3.jsonl", hotel_db=str(hotel_db_path)))
