@@ -225,6 +225,11 @@ class RewriteRulesOptions(OpOptions):
     share: float = 0.5
     rule_prob: float = 0.8
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= float(self.rule_prob) <= 1.0:
+            raise ConfigError(f"rule_prob must be between 0 and 1, got {self.rule_prob!r}")
+
 
 class RewriteRules(_RewriteOp):
     """``rewrite_rules``: colloquial rewrites of the user turns from the phrase table."""

@@ -111,7 +111,7 @@ def _name_tier(query: str, name: str) -> int | None:
 # the five wifi scopes come before the generic rules. Deliberately left out because the target is
 # ambiguous or absent: "wifi", "无线上网" (which scope?), "泳池" (indoor or outdoor?), "停车场" (the
 # database only knows paid spaces), "按摩", "洗衣机", "电风扇". On the lab's own search results the
-# mapped name is present in 96% of the returned hotels (see tests/dataprep/readers/test_lab.py).
+# mapped name is present in 96% of the returned hotels (see tests/dataprep/corpora/hotel/test_lab.py).
 FACILITY_SYNONYMS: tuple[tuple[str, str], ...] = (
     (r"(公共|公众|公用).*(部分|一些|某些|特定|一部分).*房|(部分|一些|某些).*房.*公共",
      "公共区域和部分房间提供wifi"),

@@ -64,7 +64,7 @@ class HotelLabMixin:
                     return None, self.make_reject(  # type: ignore[attr-defined]
                         "unknown_facility",
                         f"{pointer}/facilities/{j}: {f!r} is not a hotel_db facility and has no "
-                        "unambiguous synonym (see FACILITY_SYNONYMS in dataprep/hotel_db.py)",
+                        "unambiguous synonym (see FACILITY_SYNONYMS in dataprep/corpora/hotel/hotel_db.py)",
                         line, text=text)
                 if canon != f:
                     rewrites[f] = canon

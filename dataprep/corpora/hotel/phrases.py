@@ -3,7 +3,7 @@ rule-based rewrites built on them, and the templates for added hotel turns.
 
 Everything here is data. Two directions share one table on purpose: the offline rewriter may only
 produce a colloquial phrase that the slot extractor maps back to the same canonical value, so a
-rule-based rewrite can never change the tool call it implies (``tests/dataprep/augment`` checks
+rule-based rewrite can never change the tool call it implies (``tests/dataprep/corpora/hotel`` checks
 every alternative against the extractor).
 
 Canonical facility names are CrossWOZ's ``酒店设施`` values. The synonyms come from how people
