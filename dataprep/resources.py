@@ -23,7 +23,7 @@ RESOURCE_NAMES = ("hotel_db", "tokenizer", "llm", "matching")
 
 def load_tokenizer(path: str) -> Any:
     """The one place dataprep loads the ChatGLM3 tokenizer (``tokenizer: PATH`` in a config)."""
-    from trainer_plugin.tokenizer import load_tokenizer as _load
+    from dataprep.tokenizer import load_tokenizer as _load
 
     return _load(path)
 

@@ -19,8 +19,8 @@ from dataprep.corpora.docqa.common import (
 from dataprep.corpora.docqa.dureader import DuReaderReader
 from dataprep.corpora.docqa.ops import DocBudget, DocPool
 from dataprep.record import Conversation
+from dataprep.tokenizer import load_tokenizer
 from tests.dataprep.conftest import conversations
-from trainer_plugin.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -341,8 +341,8 @@ def test_facility_enum_option_shortens_the_tool_prompt_but_not_the_checks(
     from dataprep.corpora.hotel.crosswoz import CrossWOZReader
     from dataprep.corpora.hotel.lab import LabDialogReader
     from dataprep.corpora.hotel.tools import check_parameters
+    from dataprep.tokenizer import load_tokenizer
     from trainer_plugin.encoding import tool_system_prompt
-    from trainer_plugin.tokenizer import load_tokenizer
 
     db = str(repo_root / "data" / "hotel_db_sample.json")
     tok = load_tokenizer(tokenizer_dir)
