@@ -5,8 +5,10 @@ same split; within each label stratum, groups are shuffled with the run seed and
 split is furthest below its target share, so every stratum is split close to the ratios even when
 it is small. Sorting before shuffling makes the result independent of input order.
 
-Decontamination (``decontaminate: true``, the default): after the assignment, the near-duplicate
-search of :mod:`dataprep.dedup` runs over all records, across splits. Every connected cluster of
+Decontamination (``decontaminate: true``, the default): after the assignment, the records are
+clustered with the run's matching (:mod:`dataprep.matching`, the same configuration as ``dedup``;
+after a ``dedup`` stage the clustering is cut out of dedup's result, not searched again), across
+splits. Every connected cluster of
 duplicates (exact or near, joined transitively, together with the whole group of each member) that
 spans more than one split is moved entirely into one split: the one that already holds most of its
 records, ties to train, then dev. As that pulls records towards train, whole components that have
