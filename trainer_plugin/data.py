@@ -323,7 +323,7 @@ def format_stats(stats: Mapping[str, Any]) -> str:
 
     ls = dict(stats["lengths"])
     ls.pop("cut_would_drop", None)
-    lines = [LengthSummary(**ls).format()]
+    lines = LengthSummary(**ls).lines()
     dropped = ", ".join(f"{r} {c}" for r, c in stats["dropped"].items()) or "none"
     lines.append(
         f"samples {stats['samples']}: kept {stats['kept']} (cut at a message boundary "

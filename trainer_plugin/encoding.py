@@ -489,8 +489,32 @@ class LengthSummary:
         d["cut_would_drop"] = self.cut_would_drop
         return d
 
+    def lines(self) -> list[str]:
+        """The summary for a human, as the train and tokenize commands print it: the lengths,
+        then what each truncation mode would do on a line of its own.
+
+        >>> print("\\n".join(LengthSummary(3, 10, 20.0, 29.0, 30, 25, 1, 1).lines()))
+        tokens per sample (3 samples): min 10, median 20, p95 29, max 30; 1 over max_length 25
+          --truncation cut:  1 kept (cut at a message boundary), 0 dropped
+          --truncation drop: 1 dropped
+        """
+        if self.count == 0:
+            return ["tokens per sample: no samples"]
+        first = (
+            f"tokens per sample ({self.count} samples): min {self.min}, "
+            f"median {self.median:g}, p95 {self.p95:g}, max {self.max}"
+        )
+        if self.max_length is None:
+            return [first]
+        return [
+            f"{first}; {self.over_max_length} over max_length {self.max_length}",
+            f"  --truncation cut:  {self.cut_would_keep} kept (cut at a message boundary), "
+            f"{self.cut_would_drop} dropped",
+            f"  --truncation drop: {self.over_max_length} dropped",
+        ]
+
     def format(self) -> str:
-        """One human line, printed by the train and tokenize commands before they work.
+        """The same on one line (for logs and metadata).
 
         >>> print(LengthSummary(3, 10, 20.0, 29.0, 30, 25, 1, 1).format())
         tokens per sample (3 samples): min 10, median 20, p95 29, max 30; 1 over max_length 25 \
