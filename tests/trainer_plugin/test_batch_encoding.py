@@ -13,17 +13,13 @@ from pathlib import Path
 import pytest
 
 from dataprep.tokenizer import load_tokenizer
-from tests.trainer_plugin.test_golden import (
-    GOLDEN,
-    LAB,
-    UNDECODED_CASES,
-    _inputs,
-    _rows,
-)
 from trainer_plugin import batch_encoding
 from trainer_plugin.batch_encoding import BatchEncoder
 from trainer_plugin.data import encode_dataset
 from trainer_plugin.encoding import EncodingError, encode_conversation, fit_length
+
+# The one golden input the legacy code was given with tools left undecoded (its README says so).
+UNDECODED_CASES = {"case-25-undecoded-tools-string"}
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +27,32 @@ def tok(tokenizer_dir: Path):
     return load_tokenizer(tokenizer_dir)
 
 
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
 @pytest.fixture(scope="module")
-def golden_inputs(golden_dir: Path) -> dict:
-    assert golden_dir == GOLDEN
-    return _inputs()
+def golden_inputs(golden_dir: Path, corpora: Path) -> dict:
+    """Golden id -> the exact ``{tools?, conversations}`` object (README, "About the ids")."""
+    out = {}
+    for name in ("cases.jsonl", "train_textonly_variants.jsonl"):
+        out.update((r["id"], r["example"]) for r in _jsonl(golden_dir / name))
+    for split in ("train", "dev"):
+        lab = _jsonl(corpora / "crosswoz-hotel-finetune-lab" / f"{split}.chatglm3.jsonl")
+        out.update((f"{split}-{i:04d}", sample) for i, sample in enumerate(lab))
+    return out
+
+
+@pytest.fixture(scope="module")
+def golden_rows(golden_dir: Path) -> dict:
+    return {name: {r["id"]: r for r in _jsonl(golden_dir / name)}
+            for name in ("legacy_tokens.jsonl", "legacy_tokens_tools_undecoded.jsonl")}
 
 
 @pytest.mark.parametrize("tools_as_stored", [False, True])
-def test_every_legacy_golden_row_id_for_id(tok, golden_inputs, tools_as_stored):
+def test_every_legacy_golden_row_id_for_id(tok, golden_inputs, golden_rows, tools_as_stored):
     name = "legacy_tokens_tools_undecoded.jsonl" if tools_as_stored else "legacy_tokens.jsonl"
-    rows = _rows(name)
+    rows = golden_rows[name]
     ids = list(rows)
     # One batch for the decoded inputs, the undecoded case in its own (it needs decode_tools off).
     groups = [[i for i in ids if tools_as_stored or i not in UNDECODED_CASES]]
@@ -136,28 +148,32 @@ def test_invalid_samples_are_recorded_not_raised(tok):
         batch.encoded(1)
 
 
-@pytest.mark.parametrize("truncation", ["cut", "drop"])
-def test_encode_dataset_on_the_lab_train_file(tok, corpora, truncation):
-    # The whole file, through the CLI's path (one process, no cache) and through datasets.map,
-    # with a max_length that cuts or drops a good share of the samples.
-    path = corpora / "crosswoz-hotel-finetune-lab" / "train.chatglm3.jsonl"
-    assert path.parent == LAB
-    samples = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    direct = encode_dataset(path, tok, max_length=1000, truncation=truncation, use_cache=False)
-    assert len(direct) == len(samples) == 1602
-    reasons = set()
-    for row, sample in zip(direct, samples, strict=True):
-        enc = encode_conversation(sample, tok)
-        fitted, reason = fit_length(enc, 1000, truncation)
-        reasons.add(reason)
-        assert row["n_tokens"] == len(enc)
-        assert row["reason"] == (reason or "")
-        assert row["input_ids"] == (fitted.input_ids if fitted else [])
-        assert row["labels"] == (fitted.labels if fitted else [])
-        assert row["n_trained"] == (fitted.num_trained if fitted else 0)
-        assert row["cut_fits"] == (fit_length(enc, 1000, "cut")[0] is not None and len(enc) > 1000)
-    assert None in reasons and len(reasons) > 1
-    mapped = encode_dataset(path, tok, max_length=1000, truncation=truncation, use_cache=False,
-                            num_proc=2)
-    assert mapped.to_dict() == direct.to_dict()
-    assert mapped.features == direct.features
+def test_encode_dataset_on_lab_train_samples(tok, corpora, tmp_path, monkeypatch):
+    # 400 lab dialogues through the CLI's path (one process, no cache; small batches so that
+    # the encoder's cache spans several) and through datasets.map with workers, with a
+    # max_length that cuts or drops a good share of them.
+    monkeypatch.setattr("trainer_plugin.data.BATCH_SIZE", 97)
+    lines = (corpora / "crosswoz-hotel-finetune-lab" / "train.chatglm3.jsonl").read_text(
+        encoding="utf-8").splitlines()[:400]
+    path = tmp_path / "train400.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    plain = [encode_conversation(json.loads(line), tok) for line in lines]
+    for truncation in ("cut", "drop"):
+        direct = encode_dataset(path, tok, max_length=1000, truncation=truncation,
+                                use_cache=False).to_dict()
+        assert direct["line"] == list(range(1, 401))
+        reasons = set()
+        for k, enc in enumerate(plain):
+            fitted, reason = fit_length(enc, 1000, truncation)
+            reasons.add(reason)
+            assert direct["n_tokens"][k] == len(enc)
+            assert direct["reason"][k] == (reason or "")
+            assert direct["input_ids"][k] == (fitted.input_ids if fitted else [])
+            assert direct["labels"][k] == (fitted.labels if fitted else [])
+            assert direct["n_trained"][k] == (fitted.num_trained if fitted else 0)
+            cut_fits = len(enc) > 1000 and fit_length(enc, 1000, "cut")[0] is not None
+            assert direct["cut_fits"][k] == cut_fits
+        assert None in reasons and len(reasons) > 1
+    mapped = encode_dataset(path, tok, max_length=1000, truncation="drop", num_proc=2,
+                            cache_dir=tmp_path / "cache")
+    assert mapped.to_dict() == direct
