@@ -251,7 +251,12 @@ def tool_system_prompt(tools: Any) -> str:
     # json.dumps with indent runs Python's pure-Python encoder and was the largest single cost of
     # encoding a hotel sample; every sample of a corpus carries the same tools, so the rendering is
     # memoised on the compact (C-encoded, order-preserving) JSON text.
-    return _tool_system_prompt(json.dumps(tools, ensure_ascii=False))
+    return _tool_system_prompt(_COMPACT_JSON.encode(tools))
+
+
+# json.dumps(x, ensure_ascii=False), without building a new encoder on every call (json.dumps
+# only reuses its default encoder when every option is left at its default).
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False)
 
 
 @functools.lru_cache(maxsize=256)
@@ -341,7 +346,7 @@ def conversation_pieces(
                 )
             pieces.append(Piece(i, "assistant", name, render_tool_call_body(params), trained))
             obs = m.get("observation")
-            obs_text = obs if isinstance(obs, str) else json.dumps(obs, ensure_ascii=False)
+            obs_text = obs if isinstance(obs, str) else _COMPACT_JSON.encode(obs)
             pieces.append(Piece(i, "observation", "", obs_text, False))
         else:
             content = m.get("content")
