@@ -10,8 +10,8 @@ The reference loop here is its plain equivalent: read, ``json.loads`` and ``enco
 - ``encode_dataset`` exactly as ``dataprep-train tokenize`` calls it with default options
   (one process, no cache: the batch encoder);
 - the whole ``dataprep-train tokenize`` command, writing its tokens file;
-- ``datasets.map`` with an on-disk cache and ``--num-proc`` workers (the train command's path;
-  CPU time of the workers is not counted in its CPU column).
+- ``datasets.map`` with an on-disk cache, in one process (the train command's default path) and
+  with ``--num-proc`` workers (CPU time of the workers is not counted in its CPU column).
 
 Every path's ids and labels must equal the loop's, sample for sample (asserted). Prints wall-clock
 samples/s and CPU time per sample (the median of ``--repeat`` runs; CPU time is the steadier figure
@@ -111,12 +111,14 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = {"map": 0}
 
-    def mapped():
-        runs["map"] += 1  # a fresh cache folder per run: we time the encoding, not a cache hit
-        return encode_dataset(
-            args.data, tok, max_length=args.max_length, truncation=args.truncation,
-            num_proc=args.num_proc, cache_dir=work / f"cache-{runs['map']}",
-        )
+    def mapped(num_proc: int):
+        def run():
+            runs["map"] += 1  # a fresh cache folder per run: we time the encoding, not a hit
+            return encode_dataset(
+                args.data, tok, max_length=args.max_length, truncation=args.truncation,
+                num_proc=num_proc, cache_dir=work / f"cache-{runs['map']}",
+            )
+        return run
 
     def dataset_output(ds):
         return list(zip(ds["input_ids"], ds["labels"], strict=True))
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, fn, output in (
         ("CLI default: encode_dataset", cli_default, dataset_output),
         ("dataprep-train tokenize (writes)", whole_command, lambda _: command_output()),
-        (f"datasets.map num_proc={args.num_proc}, cached", mapped, dataset_output),
+        ("train's path: datasets.map, cached", mapped(1), dataset_output),
+        (f"datasets.map num_proc={args.num_proc}, cached", mapped(args.num_proc), dataset_output),
     ):
         wall, cpu, result = timed(fn, args.repeat)
         assert output(result) == reference, f"{name}: ids/labels differ from the reference loop"

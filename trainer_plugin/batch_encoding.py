@@ -57,7 +57,7 @@ class EncodedBatch:
 
     ``ids``/``labels``/``mask`` hold every valid sample back to back; sample ``k`` is
     ``ids[offsets[k]:offsets[k + 1]]`` (an invalid sample has length 0 and an ``errors[k]``).
-    ``piece_ends[k]`` are the end positions (relative to the sample) of its pieces, for spans.
+    ``piece_ends(k)`` gives the end positions of sample ``k``'s pieces, for its spans.
     """
 
     ids: np.ndarray
@@ -66,8 +66,17 @@ class EncodedBatch:
     offsets: np.ndarray
     n_trained: np.ndarray
     pieces: list[list[Any]]
-    piece_ends: list[np.ndarray]
     errors: list[EncodingError | None]
+    array_ends: np.ndarray  # where each assembled array ends in ids (for spans, on demand)
+    sample_arrays: np.ndarray  # index of each sample's first array
+
+    def piece_ends(self, k: int) -> np.ndarray:
+        """End positions (relative to sample ``k``) of its pieces."""
+        # The sample's arrays are the prefix, then two per piece (header, text): piece j ends
+        # where array 2 + 2j (counted from the sample's first) ends. Only samples that need
+        # spans (over max_length, or asked for) pay for this.
+        idx = self.sample_arrays[k] + 2 + 2 * np.arange(len(self.pieces[k]))
+        return self.array_ends[idx] - self.offsets[k]
 
     def __len__(self) -> int:
         return len(self.errors)
@@ -77,10 +86,11 @@ class EncodedBatch:
         if self.errors[k] is not None:
             raise self.errors[k]  # type: ignore[misc]
         a, b = int(self.offsets[k]), int(self.offsets[k + 1])
-        starts = np.concatenate(([2], self.piece_ends[k][:-1])) if len(self.pieces[k]) else []
+        ends = self.piece_ends(k)
+        starts = np.concatenate(([2], ends[:-1])) if len(ends) else []
         spans = tuple(
             Span(p.index, p.role, int(s), int(e), p.trained)
-            for p, s, e in zip(self.pieces[k], starts, self.piece_ends[k], strict=True)
+            for p, s, e in zip(self.pieces[k], starts, ends, strict=True)
         )
         return Encoded(
             self.ids[a:b].tolist(), self.labels[a:b].tolist(), self.mask[a:b].tolist(), spans
@@ -221,13 +231,8 @@ class BatchEncoder:
         # Trained labels of a sample = trained tokens of it (each shifts onto the next token,
         # and the last token, eos, is never trained).
         n_trained = trained_before[offsets[1:]] - trained_before[offsets[:-1]]
-        piece_ends = []
-        for k, pieces in enumerate(all_pieces):
-            # The sample's arrays are the prefix, then two per piece (header, text):
-            # piece j ends where array 2 + 2j (counted from the sample's first) ends.
-            idx = sample_arrays[k] + 2 + 2 * np.arange(len(pieces))
-            piece_ends.append(array_ends[idx] - offsets[k])
-        return EncodedBatch(ids, labels, mask, offsets, n_trained, all_pieces, piece_ends, errors)
+        return EncodedBatch(ids, labels, mask, offsets, n_trained, all_pieces, errors,
+                            array_ends, sample_arrays)
 
 
 # Arrow columns of an encoded file, in the order data.ENCODED_FEATURES declares them.
