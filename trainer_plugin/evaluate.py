@@ -339,8 +339,8 @@ def predict(
 # command line (registered in trainer_plugin.cli)
 
 
-def _add_model_arguments(p: Any) -> None:
-    p.add_argument("--model", required=True, type=Path, metavar="DIR",
+def _add_model_arguments(p: Any, model_required: bool = True) -> None:
+    p.add_argument("--model", required=model_required, type=Path, metavar="DIR",
                    help="merged model folder, or adapter folder written by train")
     p.add_argument("--tokenizer", type=Path, metavar="PATH",
                    help="tokenizer folder (default: the --model folder, where train and merge "
@@ -361,7 +361,10 @@ def _add_model_arguments(p: Any) -> None:
 
 def add_eval_arguments(p: Any) -> None:
     """Options of ``dataprep-train eval``."""
-    _add_model_arguments(p)
+    from trainer_plugin.lab_protocol import add_lab_arguments
+
+    _add_model_arguments(p, model_required=False)  # --protocol lab --responses needs no model
+    add_lab_arguments(p)
     p.add_argument("--test-file", required=True, type=Path, metavar="TEST.jsonl",
                    help="dataprep test split")
     p.add_argument("--out-dir", required=True, type=Path, metavar="DIR",
@@ -372,7 +375,15 @@ def add_eval_arguments(p: Any) -> None:
 
 
 def run_eval(args: Any) -> int:
-    """``dataprep-train eval``: thin wrapper over :func:`evaluate`."""
+    """``dataprep-train eval``: thin wrapper over :func:`evaluate` (or the lab protocol)."""
+    if args.protocol == "lab":
+        from trainer_plugin.lab_protocol import run_lab_eval
+
+        return run_lab_eval(args)
+    if args.responses is not None:
+        raise ValueError("--responses is for --protocol lab")
+    if args.model is None:
+        raise ValueError("eval: --model is required (or --protocol lab --responses FILE)")
     result = evaluate(args.model, args.tokenizer or args.model, args.test_file, args.out_dir,
                       args.max_new_tokens, args.batch_size, base=args.base, task=args.task,
                       compat=args.compat, limit=args.limit, quantization=args.quantization,
