@@ -137,8 +137,19 @@ def load_causal_lm(
     device_map: str | dict[str, int] | None = None,
     trust_remote_code: bool = False,
 ) -> Any:
-    """Load a causal LM, 4/8-bit when ``quant`` is given. Remote code only when asked for."""
+    """Load a causal LM, 4/8-bit when ``quant`` is given. Remote code only when asked for.
+
+    A folder in the official ChatGLM3 layout (``model_type: chatglm``) is loaded as transformers'
+    native ``GlmForCausalLM``: converted once into a cache folder (see
+    :mod:`trainer_plugin.chatglm3_checkpoint`), never through its own remote code, which does not
+    run under transformers 5.
+    """
     from transformers import AutoModelForCausalLM
+
+    from trainer_plugin.chatglm3_checkpoint import is_chatglm3, native_folder
+
+    if is_chatglm3(path):
+        path, trust_remote_code = native_folder(path), False
 
     kwargs: dict[str, Any] = {
         "dtype": resolve_dtype(dtype),
