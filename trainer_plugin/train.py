@@ -36,6 +36,7 @@ from trainer_plugin.modeling import (
     has_cuda,
     load_causal_lm,
     lora_target_modules,
+    quiet_bitsandbytes,
     resolve_dtype,
 )
 
@@ -184,6 +185,7 @@ def train(
     plain LoRA on a full-precision base. ``report`` receives human-readable progress lines (the
     token-length summary before training); ``callbacks`` go to the ``Trainer``.
     """
+    quiet_bitsandbytes()  # before peft/transformers import bitsandbytes
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
@@ -238,6 +240,9 @@ def train(
             base.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs)
         else:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+        # Models with their own checkpointing code may still checkpoint reentrantly, which
+        # only back-propagates into LoRA when the embedding output requires grad.
+        base.enable_input_require_grads()
     targets = cfg.target_modules or lora_target_modules(base)
     peft_model = get_peft_model(base, LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,

@@ -80,9 +80,12 @@ class Snapshot(TrainerCallback):
         self.before: dict[str, torch.Tensor] = {}
         self.after: dict[str, torch.Tensor] = {}
         self.steps = 0
+        self.checkpointing = False
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
         self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.checkpointing = bool(getattr(base, "is_activation_checkpointing", False))
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.steps += 1
@@ -105,6 +108,8 @@ class Run:
     before: dict[str, torch.Tensor]
     after: dict[str, torch.Tensor]
     report: list[str] = field(default_factory=list)
+    checkpointing: bool = False
+    """Whether the model trained with activation (gradient) checkpointing on."""
 
     @property
     def adapter(self) -> Path:
@@ -123,14 +128,15 @@ def train_once(root: Path, name: str, *, data: Path, tokenizer: Path, model: Pat
               report=lines.append, callbacks=[snap])
         save_file(snap.before, str(folder / "before.safetensors"))
         save_file(snap.after, str(folder / "after.safetensors"))
-        (folder / "report.json").write_text(json.dumps(lines, ensure_ascii=False), encoding="utf-8")
+        meta = {"report": lines, "checkpointing": snap.checkpointing}
+        (folder / "run.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
 
     folder = build_once(root, name, build)
     saved = json.loads((folder / "adapter" / TRAIN_INFO).read_text(encoding="utf-8"))["result"]
     result = TrainResult(**{**saved, "adapter_dir": Path(saved["adapter_dir"])})
+    meta = json.loads((folder / "run.json").read_text(encoding="utf-8"))
     return Run(result, load_file(str(folder / "before.safetensors")),
-               load_file(str(folder / "after.safetensors")),
-               json.loads((folder / "report.json").read_text(encoding="utf-8")))
+               load_file(str(folder / "after.safetensors")), meta["report"], meta["checkpointing"])
 
 
 @pytest.fixture(scope="session")
