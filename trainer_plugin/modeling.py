@@ -190,6 +190,7 @@ def load_causal_lm(
     :mod:`trainer_plugin.chatglm3_checkpoint`), never through its own remote code, which does not
     run under transformers 5.
     """
+    quiet_bitsandbytes()
     from transformers import AutoModelForCausalLM
 
     from trainer_plugin.chatglm3_checkpoint import is_chatglm3, native_folder

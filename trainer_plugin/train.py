@@ -186,8 +186,6 @@ def train(
     token-length summary before training); ``callbacks`` go to the ``Trainer``.
     """
     quiet_bitsandbytes()  # before peft/transformers import bitsandbytes
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
     from trainer_plugin.data import PadCollator, build_dataset, format_stats
@@ -227,12 +225,63 @@ def train(
     if tok.vocab_size > rows:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model's embedding only "
                          f"{rows} rows; tokenizer and model do not belong together")
-    base.config.use_cache = False  # the KV cache is useless in training and clashes with checkpointing
+    fitted = fit(base, cfg, train_ds, output_dir, quantized=quant is not None,
+                 compute_dtype=compute_dtype, collator=PadCollator(tok.pad_id), eval_ds=eval_ds,
+                 callbacks=callbacks, resume_from=last_checkpoint if resume else None)
+    trainer, outcome, targets = fitted.trainer, fitted.outcome, fitted.target_modules
+    trainable, total = fitted.trainable_params, fitted.total_params
+    trainer.save_model(str(output_dir))
 
+    _copy_tokenizer_files(Path(tokenizer), output_dir)
+    result = TrainResult(
+        adapter_dir=output_dir, global_step=trainer.state.global_step,
+        train_loss=getattr(outcome, "training_loss", None),
+        resumed_from=last_checkpoint if resume else None, target_modules=targets,
+        trainable_params=trainable, total_params=total,
+        dataset_stats={k: v for k, v in stats.items() if k != "errors"},
+    )
+    info = {
+        "base_model": str(model_path), "tokenizer": str(tokenizer), "data": str(data),
+        "quantization": quant.to_dict() if quant else None,
+        "compute_dtype": dtype_name(compute_dtype),
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "training_args"},
+        "training_args": cfg.training_args,
+        "result": {**dataclasses.asdict(result), "adapter_dir": str(output_dir)},
+    }
+    (output_dir / TRAIN_INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str),
+                                         encoding="utf-8")
+    return result
+
+
+@dataclass
+class Fitted:
+    trainer: Any
+    outcome: Any
+    target_modules: list[str] | str
+    trainable_params: int
+    total_params: int
+
+
+def fit(base: Any, cfg: TrainConfig, train_ds: Any, output_dir: str | Path, *, quantized: bool,
+        compute_dtype: Any, collator: Callable[[list[dict[str, Any]]], dict[str, Any]],
+        eval_ds: Any = None, callbacks: list[Any] | None = None,
+        resume_from: str | None = None) -> Fitted:
+    """LoRA on an already loaded ``base`` through ``transformers.Trainer``: the part of
+    :func:`train` after loading, shared with ``bench/bench_train_gpu.py`` so that the benchmark
+    measures exactly this code path.
+
+    ``quantized``: the base was loaded 4/8-bit (peft's k-bit preparation, checkpointing on by
+    default). ``cfg.training_args`` go to ``TrainingArguments`` (``gradient_checkpointing`` is
+    handled here, non-reentrant).
+    """
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import Trainer, TrainingArguments
+
+    base.config.use_cache = False  # the KV cache is useless in training and clashes with checkpointing
     hf = dict(cfg.training_args)
-    checkpointing = bool(hf.pop("gradient_checkpointing", quant is not None))
+    checkpointing = bool(hf.pop("gradient_checkpointing", quantized))
     ckpt_kwargs = {"use_reentrant": False}  # reentrant checkpointing needs inputs that require grad
-    if quant is not None:
+    if quantized:
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing,
                                                gradient_checkpointing_kwargs=ckpt_kwargs)
     elif checkpointing:
@@ -258,29 +307,9 @@ def train(
     hf.pop("output_dir", None)  # the command line's output_dir wins
     args = TrainingArguments(output_dir=str(output_dir), **{**defaults, **hf})
     trainer = Trainer(model=peft_model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                      data_collator=PadCollator(tok.pad_id), callbacks=callbacks)
-    outcome = trainer.train(resume_from_checkpoint=last_checkpoint if resume else None)
-    trainer.save_model(str(output_dir))
-
-    _copy_tokenizer_files(Path(tokenizer), output_dir)
-    result = TrainResult(
-        adapter_dir=output_dir, global_step=trainer.state.global_step,
-        train_loss=getattr(outcome, "training_loss", None),
-        resumed_from=last_checkpoint if resume else None, target_modules=targets,
-        trainable_params=trainable, total_params=total,
-        dataset_stats={k: v for k, v in stats.items() if k != "errors"},
-    )
-    info = {
-        "base_model": str(model_path), "tokenizer": str(tokenizer), "data": str(data),
-        "quantization": quant.to_dict() if quant else None,
-        "compute_dtype": dtype_name(compute_dtype),
-        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "training_args"},
-        "training_args": cfg.training_args,
-        "result": {**dataclasses.asdict(result), "adapter_dir": str(output_dir)},
-    }
-    (output_dir / TRAIN_INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str),
-                                         encoding="utf-8")
-    return result
+                      data_collator=collator, callbacks=callbacks)
+    outcome = trainer.train(resume_from_checkpoint=resume_from)
+    return Fitted(trainer, outcome, targets, trainable, total)
 
 
 def _copy_tokenizer_files(src: Path, dst: Path) -> None:
