@@ -114,8 +114,8 @@ def lab_rows(args: argparse.Namespace) -> tuple[Any, int]:
     """Tokenized lab samples (cut at --max-length), or packed rows of exactly --max-length."""
     import datasets
 
+    from dataprep.tokenizer import load_tokenizer
     from trainer_plugin.data import build_dataset
-    from trainer_plugin.tokenizer import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
     samples = [json.loads(x) for x in args.data.read_text(encoding="utf-8").splitlines() if x.strip()]

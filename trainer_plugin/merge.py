@@ -222,9 +222,9 @@ def _quant_probe(samples: str | Path | None, adapter: Path, tokenizer: str | Pat
     random ids; and a description of which it is."""
     import torch
 
+    from dataprep.tokenizer import load_tokenizer
     from trainer_plugin.data import load_samples
     from trainer_plugin.encoding import encode_conversation
-    from trainer_plugin.tokenizer import load_tokenizer
 
     if samples is None and (adapter / TRAIN_INFO).is_file():
         data = json.loads((adapter / TRAIN_INFO).read_text(encoding="utf-8")).get("data")

@@ -13,12 +13,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GlmForCausalLM
 
+from dataprep.tokenizer import load_tokenizer
 from trainer_plugin.chatglm3_checkpoint import is_chatglm3, iter_tensors, read_config
 from trainer_plugin.cli import main
 from trainer_plugin.evaluate import evaluate, hf_generate_fn, predict
 from trainer_plugin.merge import merge
 from trainer_plugin.modeling import load_causal_lm, output_rows, quiet_bitsandbytes
-from trainer_plugin.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="session")

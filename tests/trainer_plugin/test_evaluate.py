@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import GlmForCausalLM
 
+from dataprep.tokenizer import load_tokenizer
 from trainer_plugin.data import load_samples
 from trainer_plugin.encoding import encode_conversation
 from trainer_plugin.evaluate import (
@@ -25,7 +26,6 @@ from trainer_plugin.evaluate import (
     stop_ids,
 )
 from trainer_plugin.modeling import tiny_glm_config
-from trainer_plugin.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,11 @@ import torch
 from peft import PeftModel
 from transformers import GlmForCausalLM
 
+from dataprep.tokenizer import load_tokenizer
 from trainer_plugin import merge as merge_module
 from trainer_plugin.encoding import encode_conversation
 from trainer_plugin.merge import MERGE_INFO, MergeVerificationError, merge
 from trainer_plugin.modeling import QuantConfig, load_causal_lm
-from trainer_plugin.tokenizer import load_tokenizer
 
 SAMPLE = {"conversations": [{"role": "user", "content": "帮我找一家评分4.5以上的经济型酒店"},
                             {"role": "assistant", "content": "好的，推荐您去北京饭店。"}]}
