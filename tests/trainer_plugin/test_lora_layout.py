@@ -178,3 +178,20 @@ def test_imported_adapters_are_cached_and_bad_ones_refused(chatglm3_model_dir: P
     (fused / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="wrong base model"):
         import_chatglm3_adapter(fused, tmp_path / "short", base=chatglm3_model_dir)
+
+
+def test_convert_command_converts_adapters_both_ways(chatglm3_model_dir: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from trainer_plugin.cli import main
+
+    fused = fused_adapter(tmp_path / "fused")
+    base = ["--base", str(chatglm3_model_dir)]
+    assert main(["convert", "--to", "native", str(fused), str(tmp_path / "n"), *base]) == 0
+    assert main(["convert", "--to", "chatglm3", str(tmp_path / "n"), str(tmp_path / "f"), *base]) == 0
+    assert "rank 4" in capsys.readouterr().out
+    _, original = read_adapter(fused)
+    _, again = read_adapter(tmp_path / "f")
+    assert all(torch.equal(again[k], original[k]) for k in original)
+    # The adapter names a hub id, not a folder: the base must be given.
+    assert main(["convert", "--to", "native", str(fused), str(tmp_path / "x")]) == 2
+    assert "pass --base" in capsys.readouterr().err
