@@ -421,18 +421,21 @@ def write_safetensors(tensors: Iterable[tuple[str, torch.Tensor]], out: str | Pa
 
 
 # Files of a model folder that are neither weights nor config: the tokenizer (and its remote
-# code), the generation config, licences and model cards travel with the converted weights.
+# code), the model code, the generation config, licences and model cards travel with the weights.
 _WEIGHT_OR_CONFIG = re.compile(r"(.*\.safetensors|pytorch_model.*\.bin|.*\.index\.json|config\.json)")
-_OFFICIAL_CODE = {"configuration_chatglm.py", "modeling_chatglm.py", "quantization.py"}
 
 
-def _copy_companions(src: Path, out: Path, layout: str) -> None:
+def copy_companions(src: Path, out: Path) -> None:
+    """Copy the non-weight files of ``src`` into ``out``.
+
+    The official model code goes along into a native folder too: nothing there refers to it (a
+    native config has no ``auto_map``), and the way back to the official layout needs it.
+    """
     for f in src.iterdir():
         if not f.is_file() or _WEIGHT_OR_CONFIG.fullmatch(f.name) or f.name.startswith("."):
             continue
-        if layout == "native" and f.name in _OFFICIAL_CODE:
-            continue  # the model code a native folder must not need
-        shutil.copy2(f, out / f.name)
+        if not (out / f.name).exists():
+            shutil.copy2(f, out / f.name)
 
 
 @dataclass
@@ -484,7 +487,7 @@ def convert_checkpoint(src: str | Path, out: str | Path, to: str = "native",
             official = cfg if source_layout == "chatglm3" else chatglm3_config_from_glm(glm)
             (tmp / CONFIG).write_text(json.dumps(official, indent=2, ensure_ascii=False) + "\n",
                                       encoding="utf-8")
-        _copy_companions(src, tmp, to)
+        copy_companions(src, tmp)
         if out.exists():
             out.rmdir()
         tmp.rename(out)

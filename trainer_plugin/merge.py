@@ -165,7 +165,7 @@ def merge(
 
     def save(folder: Path) -> None:
         if layout == "chatglm3":
-            _save_chatglm3(merged, folder)
+            _save_chatglm3(merged, folder, base)
         elif quantize is None:
             merged.save_pretrained(folder)
         else:
@@ -178,9 +178,10 @@ def merge(
     return result
 
 
-def _save_chatglm3(merged: Any, folder: Path) -> None:
+def _save_chatglm3(merged: Any, folder: Path, base: Path) -> None:
     from trainer_plugin.chatglm3_checkpoint import (
         chatglm3_config_from_glm,
+        copy_companions,
         native_to_official,
         write_safetensors,
     )
@@ -192,6 +193,10 @@ def _save_chatglm3(merged: Any, folder: Path) -> None:
     write_safetensors(native_to_official(merged.state_dict().items(), merged.config), folder)
     (folder / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
                                         encoding="utf-8")
+    if base.is_dir():
+        # The official model code, tokenizer code and generation config the config.json's auto_map
+        # and the official loaders expect next to the weights.
+        copy_companions(base, folder)
 
 
 def _save_quantized(merged: Any, folder: Path, bits: int, dtype: torch.dtype, device: str,
@@ -355,6 +360,7 @@ def _write_atomically(save: Any, out: Path, result: MergeResult, base: Path, ada
                 for f in src.glob(pattern):
                     if f.is_file():
                         shutil.copy2(f, tmp / f.name)
+        result.size_bytes = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
         info = {**asdict(result), "out": str(out), "base": str(base), "adapter": str(adapter),
                 "tokenizer_from": str(src) if src else None}
         (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
@@ -363,7 +369,6 @@ def _write_atomically(save: Any, out: Path, result: MergeResult, base: Path, ada
             out.rename(old)
         tmp.rename(out)
         shutil.rmtree(old, ignore_errors=True)
-        result.size_bytes = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
