@@ -95,6 +95,8 @@ _SUPPORTED_FLAGS = (
     ("fp32_residual_connection", False),
 )
 
+_REQUIRED = ("hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads")
+
 _OFFICIAL = re.compile(r"transformer\.encoder\.layers\.(\d+)\.(.+)")
 _NATIVE = re.compile(r"model\.layers\.(\d+)\.(.+)")
 # Per-layer names that are a plain rename (the fused query_key_value is handled separately).
@@ -155,6 +157,10 @@ def glm_config_from_chatglm3(cfg: dict[str, Any], source: str = "config.json") -
     """
     from transformers import GlmConfig
 
+    missing = [k for k in _REQUIRED if cfg.get(k) is None]
+    if missing or not (cfg.get("padded_vocab_size") or cfg.get("vocab_size")):
+        raise CheckpointError(f"{source}: an official ChatGLM config needs "
+                              f"{', '.join(missing) or 'padded_vocab_size'}; is it complete?")
     for key, supported in _SUPPORTED_FLAGS:
         if key in cfg and bool(cfg[key]) != supported:
             raise CheckpointError(f"{source}: {key}={cfg[key]!r} has no native GLM equivalent "

@@ -82,6 +82,23 @@ def read_adapter(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
     return config, tensors
 
 
+def native_target_modules(targets: list[str] | str | None) -> list[str] | str | None:
+    """LoRA target names written for the official layout, in native GLM names (others unchanged),
+    so a ChatGLM3 recipe's ``target_modules: [query_key_value]`` trains the same projections.
+
+    >>> native_target_modules(["query_key_value", "dense"])
+    ['q_proj', 'k_proj', 'v_proj', 'o_proj']
+    """
+    if targets is None or isinstance(targets, str):
+        return targets
+    out: list[str] = []
+    for t in targets:
+        for name in (["q_proj", "k_proj", "v_proj"] if t == FUSED_QKV else [_TARGETS.get(t, t)]):
+            if name not in out:
+                out.append(name)
+    return out
+
+
 def is_chatglm3_adapter(folder: str | Path) -> bool:
     """True for an adapter written against the official ChatGLM module names."""
     path = Path(folder) / ADAPTER_CONFIG

@@ -293,6 +293,10 @@ def fit(base: Any, cfg: TrainConfig, train_ds: Any, output_dir: str | Path, *, q
         # only back-propagates into LoRA when the embedding output requires grad.
         base.enable_input_require_grads()
     targets = cfg.target_modules or lora_target_modules(base)
+    if getattr(base.config, "model_type", None) == "glm":  # official ChatGLM3 names in a recipe
+        from trainer_plugin.lora_layout import native_target_modules
+
+        targets = native_target_modules(targets)
     peft_model = get_peft_model(base, LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=targets, bias="none", task_type="CAUSAL_LM",

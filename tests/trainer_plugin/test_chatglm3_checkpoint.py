@@ -127,6 +127,7 @@ def test_native_model_without_an_official_origin_gets_a_complete_official_config
     ({"pre_seq_len": 128}, "P-tuning"),
     ({"quantization_bit": 4}, "unquantized"),
     ({"apply_residual_connection_post_layernorm": True}, "no native GLM equivalent"),
+    ({"ffn_hidden_size": None}, "needs ffn_hidden_size"),
 ])
 def test_official_options_native_glm_lacks_are_refused(chatglm3_model_dir: Path, change: dict,
                                                        message: str) -> None:

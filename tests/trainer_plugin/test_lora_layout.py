@@ -195,3 +195,12 @@ def test_convert_command_converts_adapters_both_ways(chatglm3_model_dir: Path, t
     # The adapter names a hub id, not a folder: the base must be given.
     assert main(["convert", "--to", "native", str(fused), str(tmp_path / "x")]) == 2
     assert "pass --base" in capsys.readouterr().err
+
+
+def test_official_target_names_in_a_training_recipe_mean_the_same_projections() -> None:
+    from trainer_plugin.lora_layout import native_target_modules
+
+    assert native_target_modules(["query_key_value"]) == ["q_proj", "k_proj", "v_proj"]
+    assert native_target_modules(["dense_h_to_4h", "dense_4h_to_h", "q_proj"]) == [
+        "gate_up_proj", "down_proj", "q_proj"]
+    assert native_target_modules("all-linear") == "all-linear"
