@@ -170,8 +170,9 @@ def qlora_run(shared_root: Path, lab_samples: Path, tokenizer_dir: Path, tiny_mo
 
 @pytest.fixture(scope="session")
 def lora_run(shared_root: Path, lab_samples: Path, tokenizer_dir: Path, tiny_model: Path) -> Run:
+    # With checkpointing, which a full-precision base gets only when asked for.
     return train_once(shared_root, "lora", data=lab_samples, tokenizer=tokenizer_dir,
-                      model=tiny_model, no_quant=True)
+                      model=tiny_model, no_quant=True, overrides={"gradient_checkpointing": True})
 
 
 @pytest.fixture(scope="session")

@@ -119,6 +119,7 @@ def test_length_summary_is_reported_before_training(qlora_run) -> None:
 
 def test_plain_lora_trains_without_quantization(lora_run) -> None:
     before, after = lora_run.before, lora_run.after
+    assert lora_run.checkpointing  # asked for in the config: non-reentrant, LoRA still learns
     assert all(t.dtype == torch.float32 for t in before.values())
     for name in before:
         assert torch.equal(before[name], after[name]) == ("lora_" not in name), name
