@@ -345,7 +345,8 @@ def predict(
 
 def _add_model_arguments(p: Any) -> None:
     p.add_argument("--model", required=True, type=Path, metavar="DIR",
-                   help="merged model folder, or adapter folder written by train")
+                   help="model folder (native or official ChatGLM3 layout, quantized or not), "
+                        "or a LoRA adapter folder (ours, or a ChatGLM3 query_key_value one)")
     p.add_argument("--tokenizer", type=Path, metavar="PATH",
                    help="tokenizer folder (default: the --model folder, where train and merge "
                         "copy it)")

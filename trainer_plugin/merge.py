@@ -379,7 +379,8 @@ def _write_atomically(save: Any, out: Path, result: MergeResult, base: Path, ada
 
 def add_arguments(p: Any) -> None:
     """Options of ``dataprep-train merge``."""
-    p.add_argument("--base", required=True, type=Path, metavar="PATH", help="base model folder")
+    p.add_argument("--base", required=True, type=Path, metavar="PATH",
+                   help="base model folder (native, or the official ChatGLM3 layout: converted on load)")
     p.add_argument("--adapter", required=True, type=Path, metavar="DIR",
                    help="LoRA adapter folder written by train")
     p.add_argument("--out", required=True, type=Path, metavar="DIR",

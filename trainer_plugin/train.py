@@ -340,7 +340,8 @@ def add_arguments(p: Any) -> None:
                    help="dataprep output to train on")
     p.add_argument("--output-dir", required=True, type=Path, metavar="DIR",
                    help="where checkpoints and the final adapter go")
-    p.add_argument("--model", required=True, metavar="PATH", help="base model folder")
+    p.add_argument("--model", required=True, metavar="PATH",
+                   help="base model folder (native, or the official ChatGLM3 layout: converted on load)")
     p.add_argument("--tokenizer", required=True, type=Path, metavar="PATH",
                    help="tokenizer folder (or tokenizer.model file)")
     p.add_argument("--eval-data", type=Path, metavar="DEV.jsonl",
