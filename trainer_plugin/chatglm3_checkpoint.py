@@ -335,8 +335,8 @@ def native_to_official(tensors: Iterable[tuple[str, torch.Tensor]], config: Any
     for name, tensor in tensors:
         if name in back_top:
             seen_head |= name == "lm_head.weight"
-            if name == "model.embed_tokens.weight":
-                embedding = tensor
+            if name == "model.embed_tokens.weight" and getattr(config, "tie_word_embeddings", False):
+                embedding = tensor  # kept only when it is also the output layer
             yield back_top[name], tensor
             continue
         m = _NATIVE.fullmatch(name)
