@@ -1,4 +1,4 @@
-"""``dataprep-train``: the trainer plugin's command line (tokenize, train, merge, eval, predict).
+"""``dataprep-train``: the trainer plugin's command line (tokenize, train, merge, convert, eval, predict).
 
 Every command is a thin wrapper over a library call. The library raises; only :func:`main` turns
 an error into a one-line message and an exit code (2: bad arguments, missing file, invalid input;
@@ -64,6 +64,8 @@ SUBCOMMANDS: list[Subcommand] = [
                "trainer_plugin.train:add_arguments", "trainer_plugin.train:run"),
     Subcommand("merge", "merge a LoRA adapter into its base model, verified against base+adapter",
                "trainer_plugin.merge:add_arguments", "trainer_plugin.merge:run"),
+    Subcommand("convert", "convert a model or LoRA adapter between the official ChatGLM3 layout "
+               "and native GLM", "trainer_plugin.convert:add_arguments", "trainer_plugin.convert:run"),
     Subcommand("eval", "generate turn by turn on a test split: slot F1, BLEU-4, ROUGE-L, triples",
                "trainer_plugin.evaluate:add_eval_arguments", "trainer_plugin.evaluate:run_eval"),
     Subcommand("predict", "generate the next assistant turn of each conversation",
@@ -119,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     # DataError, EncodingError and TokenizerError are ValueErrors: catching the base class keeps
     # the heavy modules (datasets) out of --help.
-    except (UsageError, FileNotFoundError, ValueError) as e:
+    except (UsageError, FileNotFoundError, FileExistsError, ValueError) as e:
         if os.environ.get("DATAPREP_TRAIN_TRACEBACK"):
             raise
         print(f"dataprep-train: error: {_one_line(e)}", file=sys.stderr)

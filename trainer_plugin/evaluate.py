@@ -28,6 +28,7 @@ from trainer_plugin.modeling import (
     QuantConfig,
     default_device_map,
     load_causal_lm,
+    output_rows,
 )
 
 #: Takes prompts (token ids), returns the generated ids of each (stop token included or not).
@@ -154,7 +155,7 @@ def hf_generate_fn(model: Any, tok: Any, max_new_tokens: int = 256, batch_size: 
     import torch
 
     stops = stop_ids(tok)
-    rows = model.get_output_embeddings().weight.shape[0]
+    rows = output_rows(model)
     # The embedding is padded past the tokenizer (65,024 rows for 64,798 ChatGLM3 tokens); an id
     # there means nothing, so the model may not pick one.
     suppress = list(range(tok.vocab_size, rows)) or None
@@ -213,9 +214,12 @@ def load_for_generation(model: str | Path, *, base: str | Path | None = None,
         base = info.get("base_model") or adapter_cfg.get("base_model_name_or_path")
         if not base:
             raise ValueError(f"{model}: the adapter does not name its base model; pass --base")
+    from trainer_plugin.lora_layout import native_adapter
+
     loaded = load_causal_lm(base, dtype=dtype, quant=quant, device_map=default_device_map(),
                             trust_remote_code=trust_remote_code)
-    return PeftModel.from_pretrained(loaded, str(model))
+    # An adapter on ChatGLM3's fused query_key_value is converted for the native model first.
+    return PeftModel.from_pretrained(loaded, str(native_adapter(model, base)))
 
 
 @dataclass
@@ -341,7 +345,8 @@ def predict(
 
 def _add_model_arguments(p: Any, model_required: bool = True) -> None:
     p.add_argument("--model", required=model_required, type=Path, metavar="DIR",
-                   help="merged model folder, or adapter folder written by train")
+                   help="model folder (native or official ChatGLM3 layout, quantized or not), "
+                        "or a LoRA adapter folder (ours, or a ChatGLM3 query_key_value one)")
     p.add_argument("--tokenizer", type=Path, metavar="PATH",
                    help="tokenizer folder (default: the --model folder, where train and merge "
                         "copy it)")
