@@ -24,9 +24,10 @@ import pytest
 from dataprep.config import config_from_dict
 from dataprep.io import UnwritableValue, dumps, dumps_evidence
 from dataprep.pipeline import Pipeline
-from dataprep.readers.crosswoz import CrossWOZReader
+from dataprep.registry import reader_class
 from tests.dataprep.guards import hang_guard
 
+CrossWOZReader = reader_class("crosswoz")
 STAGES = ["clean", "validate", "dedup", {"name": "split", "ratios": [0.8, 0.1, 0.1]}, "write"]
 
 

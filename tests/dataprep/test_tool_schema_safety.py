@@ -92,7 +92,7 @@ def test_unique_items_uses_json_equality() -> None:
 
 
 def test_the_real_hotel_tool_fits_the_budget() -> None:
-    from dataprep.tools import FACILITIES, hotel_tools
+    from dataprep.corpora.hotel.tools import FACILITIES, hotel_tools
 
     call = {"name": "北京饭店", "type": "豪华型", "facilities": list(FACILITIES),
             "price_range_lower": 100, "price_range_upper": 900, "rating_range_lower": 4.5,
