@@ -519,12 +519,23 @@ class AtomicWriter:
                 os.unlink(self._tmp)
 
 
-def prepare_out_dir(path: str | Path, shown: str | Path | None = None) -> Path:
+def prepare_out_dir(path: str | Path, shown: str | Path | None = None, *,
+                    create: bool = True) -> Path:
     """Create the output folder (and its parents) or say in one line why it cannot be used:
     it is a file, it lies under a file, or it is not writable. ``shown`` is the ``--out`` value
-    to name in the message (when ``path`` is the folder of an output file)."""
+    to name in the message (when ``path`` is the folder of an output file). With
+    ``create=False`` only the parent is created and checked: a run builds its folder as a
+    sibling and renames it into place (:mod:`dataprep.run_folder`)."""
     p = Path(path)
     shown = path if shown is None else shown
+    if not create:
+        if not p.name or p.resolve() in (Path.cwd(), *Path.cwd().parents):
+            raise InputError(f"--out {shown}: the current folder or one above it cannot be "
+                             "replaced by a run's outputs; give a subfolder")
+        if p.exists() and not p.is_dir():
+            raise InputError(f"--out {shown}: is a file")
+        prepare_out_dir(p.parent, shown=shown)
+        return p
     for parent in [p, *p.parents]:
         if parent.exists() and not parent.is_dir():
             where = "is a file" if str(parent) == str(shown) else \

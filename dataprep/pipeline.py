@@ -21,6 +21,7 @@ from dataprep.readers.base import Reader
 from dataprep.record import Conversation, Reject
 from dataprep.registry import is_post_run, reader_class, stage_class
 from dataprep.resources import Resources
+from dataprep.run_folder import commit_generation, discard_generation, new_generation
 from dataprep.stages.base import (
     FinishedRun,
     PostRunStep,
@@ -118,8 +119,27 @@ class Pipeline:
         self.stages, self.post_run = build_stages(config.stages, self.resources)
 
     def run(self, out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-        out = prepare_out_dir(out_dir or self.config.out or f"out/{self.config.name}")
-        ctx = RunContext(out, seed=self.config.seed, strict=self.config.strict)
+        """Run into ``out_dir`` as one generation: everything is written into a fresh sibling
+        folder that replaces ``out_dir`` in one atomic swap once complete (see
+        :mod:`dataprep.run_folder`); a failed or killed run leaves ``out_dir`` as it was."""
+        home = prepare_out_dir(out_dir or self.config.out or f"out/{self.config.name}",
+                               create=False)
+        work = new_generation(home)
+        try:
+            manifest, post_error = self._run(work, home, progress)
+        except BaseException:
+            discard_generation(work, home)
+            raise
+        commit_generation(work, home)
+        # A failed post-run step (a critical expectation) fails the run, but its outputs and
+        # the report that explains the failure are a complete generation: they are kept.
+        if post_error is not None:
+            raise post_error
+        return manifest
+
+    def _run(self, out: Path, home: Path, progress: bool
+             ) -> tuple[dict[str, Any], BaseException | None]:
+        ctx = RunContext(out, seed=self.config.seed, strict=self.config.strict, home=home)
         started = time.time()
         stream: Iterable[Conversation] = timed("read", read_all(self.readers, ctx, progress), ctx)
         for position, stage in enumerate(self.stages, start=1):
@@ -143,12 +163,16 @@ class Pipeline:
             raise AccountingError(
                 f"records unaccounted for: input − rejected − removed + added = {left} but "
                 f"train + dev + test = {right}; a stage dropped records without a reason")
-        manifest = self.manifest(ctx, out, started, finish_seconds)
+        manifest = self.manifest(ctx, home, started, finish_seconds)
         write_json_atomic(out / "manifest.json", manifest)
-        self.run_post_steps(out, manifest)
-        return manifest
+        try:
+            self.run_post_steps(out, manifest, home)
+        except Exception as e:  # noqa: BLE001 - raised by run() after the swap
+            return manifest, e
+        return manifest, None
 
-    def run_post_steps(self, out: Path, manifest: dict[str, Any]) -> None:
+    def run_post_steps(self, out: Path, manifest: dict[str, Any],
+                       home: Path | None = None) -> None:
         """Each post-run step once, in config order. A failing step (expectations) does not stop
         the later ones (the report explains the failure); the first error is raised after."""
 
@@ -157,7 +181,7 @@ class Pipeline:
             write_json_atomic(out / "manifest.json", manifest)
 
         split = next(s for s in self.stages if isinstance(s, Split))
-        run = FinishedRun(out, manifest, split.ratios, publish)
+        run = FinishedRun(out, manifest, split.ratios, publish, home=home)
         first_error: BaseException | None = None
         for step in self.post_run:
             t0 = time.perf_counter()

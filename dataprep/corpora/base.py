@@ -119,6 +119,8 @@ class OpRun:
     count_turn: Callable[[str, str], None]
     discard: Callable[[dict[str, Any]], None]
     artifacts: dict[str, Any]
+    state_dir: Path | None = None
+    """Where state that outlives one run's outputs lives (the LLM cache): the --out folder."""
 
 
 class AugmentOp:

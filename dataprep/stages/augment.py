@@ -36,7 +36,7 @@ from dataprep import schema
 from dataprep.corpora import op_class, op_names
 from dataprep.corpora.base import AugmentOp, OpRun
 from dataprep.errors import ConfigError
-from dataprep.io import AtomicWriter, dumps
+from dataprep.io import AtomicWriter, dumps_evidence
 from dataprep.record import Conversation
 from dataprep.stages.base import RunContext, Stage, StageOptions, parse_options
 from dataprep.stages.split import SPLITS
@@ -162,7 +162,7 @@ class Augment(Stage):
         discarded: list[dict[str, Any]] = []
         run = OpRun(seed=seed, resources=self.resources, out_dir=ctx.out_dir,
                     count_turn=self._count_turn, discard=discarded.append,
-                    artifacts=self.stats.artifacts)
+                    artifacts=self.stats.artifacts, state_dir=ctx.home)
         children = self._derive_all(scope, run)
         for rec in recs:
             yield rec
@@ -173,8 +173,8 @@ class Augment(Stage):
             path = ctx.out_dir / DISCARDED_FILE
             with AtomicWriter(path) as fh:
                 for item in discarded:
-                    fh.write(dumps(item) + "\n")
-            self.stats.artifacts["augment"] = {"discarded": str(path),
+                    fh.write(dumps_evidence(item) + "\n")
+            self.stats.artifacts["augment"] = {"discarded": str(ctx.home / DISCARDED_FILE),
                                                "discarded_count": len(discarded)}
 
     def _count(self, op: str, outcome: str) -> None:

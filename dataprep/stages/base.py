@@ -62,8 +62,13 @@ class Counts:
 class RunContext:
     """The books of one run: counts, rejects, which stage is running. Nothing else is shared."""
 
-    def __init__(self, out_dir: str | Path, *, seed: int = 42, strict: bool = False) -> None:
+    def __init__(self, out_dir: str | Path, *, seed: int = 42, strict: bool = False,
+                 home: str | Path | None = None) -> None:
+        # out_dir: where this run's generation is written (a temp sibling of --out until the
+        # pipeline swaps it in); home: the --out folder itself, named in anything the user reads
+        # and holding what outlives a generation (the LLM cache). See dataprep.run_folder.
         self.out_dir = Path(out_dir)
+        self.home = Path(home) if home is not None else self.out_dir
         self.seed = seed
         self.strict = strict
         self.counts = Counts()
@@ -234,6 +239,13 @@ class FinishedRun:
     manifest: dict[str, Any] = field(default_factory=dict)
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     publish: Callable[[StageStats], None] = _no_publish
+    home: Path | None = None
+    """The --out folder the run becomes once swapped in (paths shown to the user name it);
+    ``out_dir`` is where the step reads and writes until then."""
+
+    @property
+    def shown_dir(self) -> Path:
+        return self.home if self.home is not None else self.out_dir
 
 
 class PostRunStep(_Configured):

@@ -162,7 +162,7 @@ class Expectations(PostRunStep):
         ratios = [float(r) / float(sum(ratios)) for r in ratios]
         result = self.validate(run.out_dir, ratios, self.resources.tokenizer)
         self.stats.artifacts["expectations"] = result
-        self.check(result, run.out_dir)
+        self.check(result, run.shown_dir)
 
     def check(self, result: dict[str, Any], out_dir: Path) -> None:
         """Raise :class:`ExpectationError` when ``result`` (from :meth:`validate`) fails the run

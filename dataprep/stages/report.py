@@ -52,7 +52,7 @@ class Report(PostRunStep):
     uses = ("tokenizer",)
 
     def run(self, run: FinishedRun) -> None:
-        self.stats.artifacts["report"] = str(run.out_dir / REPORT_DIR / "index.html")
+        self.stats.artifacts["report"] = str(run.shown_dir / REPORT_DIR / "index.html")
         if self.resources.tokenizer_path:
             self.stats.artifacts["token_lengths"] = token_length_histogram(
                 run.out_dir, self.resources.tokenizer)

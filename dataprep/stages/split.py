@@ -258,14 +258,17 @@ class SplitOptions(StageOptions):
     label), ``seed`` (defaults to the run seed), ``decontaminate`` (move duplicate clusters that
     span splits into one split, then prove the output has no train/dev/test duplicates; when
     false the output leakage is still measured and reported), ``rebalance`` (after the moves,
-    restore the ratios by moving whole duplicate-free components). What counts as a duplicate is
-    the run's ``matching:`` configuration, the same as for ``dedup``."""
+    restore the ratios by moving whole duplicate-free components), ``min_groups_per_label``
+    (labels with fewer groups are pooled into one unstratified stratum; default: enough for the
+    smallest split to get one group, 10 at 8:1:1). What counts as a duplicate is the run's
+    ``matching:`` configuration, the same as for ``dedup``."""
 
     ratios: list[float] | tuple[float, ...] = (0.8, 0.1, 0.1)
     stratify: bool = True
     seed: int | None = None
     decontaminate: bool = True
     rebalance: bool = True
+    min_groups_per_label: int | None = None
 
     def __post_init__(self) -> None:
         r = self.ratios
@@ -275,6 +278,9 @@ class SplitOptions(StageOptions):
                               f"test (e.g. [0.8, 0.1, 0.1]), got {list(r)}")
         s = float(sum(r))
         self.ratios = tuple(float(x) / s for x in r)
+        m = self.min_groups_per_label
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ConfigError(f"split.min_groups_per_label must be a whole number >= 1, got {m!r}")
 
 
 class Split(Stage):
@@ -303,7 +309,13 @@ class Split(Stage):
         o, matching = self.options, self.resources.matching
         recs = list(records)
         seed = ctx.seed if o.seed is None else o.seed
-        assignment = assign_splits(recs, self.ratios, seed, o.stratify)
+        # Which labels were split on their own and which were pooled: in the stats, so the
+        # manifest and the report say it (it used to collapse rare labels into train silently).
+        stratification: dict[str, Any] = {}
+        assignment = assign_splits(recs, self.ratios, seed, o.stratify,
+                                   o.min_groups_per_label, stratification)
+        if o.stratify:
+            self.stats["stratification"] = stratification
         # After dedup this is cut out of dedup's result (no second search over everything);
         # without dedup it is the first clustering of the run and also audits the input.
         match = matching.cluster(recs)

@@ -276,7 +276,8 @@ class RewriteLLM(_RewriteOp):
                               "naming the variable that holds the key), or drop the op")
         # The cache is what makes a killed run resumable; keep it next to the outputs unless
         # the config puts it elsewhere.
-        cfg.setdefault("cache_dir", str(run.out_dir / "llm_cache"))
+        # The cache outlives a generation (a killed run resumes from it): it lives in --out itself.
+        cfg.setdefault("cache_dir", str((run.state_dir or run.out_dir) / "llm_cache"))
         try:
             config = LLMConfig.from_mapping(cfg)
         except ValueError as e:

@@ -46,3 +46,24 @@ def test_threshold_follows_the_smallest_ratio() -> None:
     assert min_stratum_groups((0.7, 0.2, 0.1)) == 10
     assert min_stratum_groups((0.6, 0.2, 0.2)) == 5
     assert min_stratum_groups((1.0, 0.0, 0.0)) == 1
+
+
+def test_the_run_reports_pooled_labels_in_the_manifest(tmp_path) -> None:
+    import json
+
+    from dataprep.config import config_from_dict
+    from dataprep.pipeline import Pipeline
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"conversations": [
+        {"role": "user", "content": f"第{i}个问题：发动机第{i * 7919 % 1000}号零件为什么异响"},
+        {"role": "assistant", "content": f"答案{i}：检查第{i * 104729 % 997}号部件"}],
+        "label": f"label{i}"}, ensure_ascii=False) + "\n" for i in range(600)), encoding="utf-8")
+    cfg = config_from_dict({"name": "rare", "inputs": [{"reader": "chatglm3", "path": str(src)}],
+                            "stages": [{"name": "split", "ratios": [0.8, 0.1, 0.1]}, "write"]})
+    manifest = Pipeline(cfg).run(tmp_path / "out", progress=False)
+    c = manifest["counts"]
+    assert c["input"] == 600 and c["train"] + c["dev"] + c["test"] == 600
+    assert abs(c["dev"] - 60) <= 10 and abs(c["test"] - 60) <= 10, c
+    strat = manifest["stage_stats"]["split"]["stratification"]
+    assert strat["pooled_labels"] == 600 and strat["stratified_labels"] == 0
