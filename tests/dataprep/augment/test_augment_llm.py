@@ -31,7 +31,7 @@ import yaml
 from dataprep.augment.rewrite import REWRITE_SYSTEM_PROMPT, prompt_hash, user_turns
 from dataprep.hotel_db import HotelDB
 from dataprep.llm.cache import count_answers
-from dataprep.llm.fake_server import FakeChatServer, Fault, RequestInfo, first_user_message
+from tests.support.fake_chat_server import FakeChatServer, Fault, RequestInfo, first_user_message
 from dataprep.record import Conversation
 from dataprep.stages.augment import DISCARDED_FILE, Augment
 from dataprep.stages.base import RunContext

@@ -26,8 +26,8 @@ from dataprep.llm import (
     redact,
 )
 from dataprep.llm.budget import estimate_prompt_tokens, estimate_tokens
-from dataprep.llm.client import backoff_delay, parse_retry_after
-from dataprep.llm.fake_server import FakeChatServer, Fault, RequestInfo
+from dataprep.llm.transport import backoff_delay, parse_retry_after
+from tests.support.fake_chat_server import FakeChatServer, Fault, RequestInfo
 
 SCHEMA = {
     "type": "object",

@@ -20,7 +20,7 @@ import pytest
 
 from dataprep.llm import LLMClient, LLMConfig, LLMRequest
 from dataprep.llm.cache import count_answers
-from dataprep.llm.fake_server import FakeChatServer, Fault, RequestInfo
+from tests.support.fake_chat_server import FakeChatServer, Fault, RequestInfo
 
 N_ITEMS = 24
 K_ANSWERED = 8
