@@ -135,9 +135,16 @@ class LLMConfig:
                 raise ValueError(
                     f"LLMConfig.{name} must be >= 0 (0 disables), got {getattr(self, name)}"
                 )
-        for name in ("max_concurrency", "max_auth_failures"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"LLMConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_concurrency < 1:
+            raise ValueError(
+                f"LLMConfig.max_concurrency must be >= 1, got {self.max_concurrency}; "
+                "use 1 to send requests one at a time"
+            )
+        if self.max_auth_failures < 1:
+            raise ValueError(
+                f"LLMConfig.max_auth_failures must be >= 1, got {self.max_auth_failures}; "
+                "1 stops at the first refused key"
+            )
         if self.temperature is not None and not 0 <= self.temperature <= 2:
             raise ValueError(f"LLMConfig.temperature must be in [0, 2], got {self.temperature}")
         if self.max_tokens is not None and self.max_tokens < 1:

@@ -6,7 +6,7 @@ Masking is scoped to loggers this package owns or configures:
 * the ``dataprep.llm.*`` module loggers get a :class:`RedactingFilter` through
   :func:`get_logger` (a filter on a logger sees only records created on that exact logger, so
   every module logger gets its own);
-* :func:`sdk_debug_logging` turns on the ``openai``/``httpx``/``httpcore`` debug output through a
+* :func:`sdk_debug_logging` turns on the openai SDK's and its HTTP stack's debug output through a
   handler of ours that carries the filter, and stops those loggers from propagating meanwhile,
   so their records reach no handler that does not mask.
 
@@ -34,8 +34,9 @@ __all__ = ["MASK", "RedactingFilter", "get_logger", "redact", "sdk_debug_logging
 # occurrence of such a short string would mangle logs without protecting anything.
 MIN_SECRET_LEN = 8
 MASK = "***"
-# The loggers the openai SDK and its HTTP stack write to (children included).
-SDK_LOGGERS = ("openai", "httpx", "httpcore")
+# The loggers the openai SDK and its HTTP stack write to (children included); openai 3.x ships
+# its own forks of httpx/httpcore that log as httpx2/httpcore2.
+SDK_LOGGERS = ("openai", "httpx", "httpcore", "httpx2", "httpcore2")
 
 _secrets: Counter[str] = Counter()
 _lock = threading.Lock()
