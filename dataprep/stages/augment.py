@@ -52,7 +52,9 @@ from dataprep.augment.rewrite import (
     RuleRewriter,
     judge_rewrite,
     prompt_hash,
+    rejected_rewrite,
     rewrite_messages,
+    rewrite_validator,
     rules_hash,
     user_turns,
 )
@@ -370,7 +372,10 @@ class _Run:
                 # into the cache key, which hashes only the messages and sampling parameters.
                 rid = f"{n}:{rec.id}#{t.index}"
                 where[rid] = (id(rec), t.index)
-                requests.append(LLMRequest(rid, rewrite_messages(t.text), schema=REWRITE_SCHEMA))
+                # The slot check is the answer validator: a failing rewrite is re-asked.
+                requests.append(LLMRequest(rid, rewrite_messages(t.text), schema=REWRITE_SCHEMA,
+                                           validator=rewrite_validator(t.text, self.extractor,
+                                                                       t.params)))
         try:
             client = LLMClient(config)
         except ValueError as e:
@@ -385,12 +390,13 @@ class _Run:
         made = {}
         for rec in chosen:
             candidates: dict[int, str | None] = {}
-            failures: dict[int, tuple[str, str]] = {}
+            failures: dict[int, tuple[str, str, str | None]] = {}
             for idx, r in sorted(by_rec[id(rec)].items()):
                 if r.ok and isinstance(r.parsed, dict) and isinstance(r.parsed.get("rewrite"), str):
                     candidates[idx] = r.parsed["rewrite"]
                 else:
-                    failures[idx] = (r.reason or "llm_failed", r.detail)
+                    failures[idx] = (r.reason or "llm_failed", r.detail,
+                                     rejected_rewrite(r.rejected_text))
             child = self._apply_rewrites(op.name, rec, candidates, failures, model=config.model,
                                          prompt_hash=prompt_hash())
             if child is not None:
@@ -398,7 +404,8 @@ class _Run:
         return made
 
     def _apply_rewrites(self, op: str, rec: Conversation, candidates: dict[int, str | None],
-                        failures: dict[int, tuple[str, str]], **extra: Any) -> Conversation | None:
+                        failures: dict[int, tuple[str, str, str | None]],
+                        **extra: Any) -> Conversation | None:
         turns = {t.index: t for t in user_turns(rec.messages)}
         if not turns:
             self.count(op, "kept:no_user_turn")
@@ -407,15 +414,20 @@ class _Run:
         reasons: list[str] = []
         for idx, turn in turns.items():
             if idx in failures:
-                reason, detail = failures[idx]
-                self.count_turn(op, f"failed:{reason}")
-                reasons.append(reason)
-                self.discarded.append({"record_id": rec.id, "op": op, "turn": idx,
-                                       "original": turn.text, "rewrite": None,
-                                       "reasons": [reason], "detail": detail})
-                continue
-            cand = candidates.get(idx)
-            why = judge_rewrite(turn.text, cand, self.extractor, turn.params)
+                reason, detail, cand = failures[idx]
+                # A rewrite the slot check rejected until the re-asks ran out is judged again
+                # below, so its evidence reads the same as a rule rewrite's.
+                why = judge_rewrite(turn.text, cand, self.extractor, turn.params) if cand else []
+                if not why:
+                    self.count_turn(op, f"failed:{reason}")
+                    reasons.append(reason)
+                    self.discarded.append({"record_id": rec.id, "op": op, "turn": idx,
+                                           "original": turn.text, "rewrite": cand,
+                                           "reasons": [reason], "detail": detail})
+                    continue
+            else:
+                cand = candidates.get(idx)
+                why = judge_rewrite(turn.text, cand, self.extractor, turn.params)
             if why:
                 self.count_turn(op, f"failed:{why[0]}")
                 reasons.append(why[0])

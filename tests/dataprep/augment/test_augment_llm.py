@@ -31,11 +31,11 @@ import yaml
 from dataprep.augment.rewrite import REWRITE_SYSTEM_PROMPT, prompt_hash, user_turns
 from dataprep.hotel_db import HotelDB
 from dataprep.llm.cache import count_answers
-from tests.support.fake_chat_server import FakeChatServer, Fault, RequestInfo, first_user_message
 from dataprep.record import Conversation
 from dataprep.stages.augment import DISCARDED_FILE, Augment
 from dataprep.stages.base import RunContext
 from dataprep.tools import FACILITIES
+from tests.support.fake_chat_server import FakeChatServer, Fault, RequestInfo, first_user_message
 
 N_RECORDS = 30
 
@@ -182,7 +182,14 @@ def test_llm_rewrites_with_faults_and_slot_errors(records: list[Conversation], h
     # the client's stats are in the artifacts, and the faults were met and overcome
     stats = ctx.artifacts["llm"]
     assert stats["items"] == stats["items_ok"] + stats["items_failed"]
-    assert set(stats["failures"]) == {"llm_http_4xx"}
+    slot_reasons = {"slot_number_changed", "slot_facility_dropped", "slot_name_dropped"}
+    assert set(stats["failures"]) == {"llm_http_4xx"} | slot_reasons
+    # the slot check ran inside the client: failing rewrites were re-asked before they failed
+    # (fewer re-asks than failures: a turn whose one re-ask went to a transient off-schema or
+    # prose answer fails on the slot check without another)
+    for reason in slot_reasons:
+        assert stats["failures"][reason] == turn_stats[f"failed:{reason}"]
+        assert 0 < stats["reasks"][reason] <= stats["failures"][reason]
     assert stats["retries"]["server_error"] and stats["retries"]["rate_limited"]
     assert stats["retries"]["connection"] and stats["reasks_total"] >= 2
     outcomes_seen = Counter(e.outcome for e in log)
@@ -240,7 +247,8 @@ def test_timeouts_are_retried(records: list[Conversation], hotel_db: HotelDB,
                            llm_config(server.base_url, timeout_s=0.5))
         assert Counter(e.outcome for e in server.log)["slow"] == 1
     assert ctx.artifacts["llm"]["retries"]["timeout"] == 1
-    assert ctx.artifacts["llm"]["failures"] == {}
+    # no item failed on the transport; the other turns only fail the slot check, if at all
+    assert not any(k.startswith("llm_") for k in ctx.artifacts["llm"]["failures"])
     assert slow_turn in model.intent  # answered on the retry
 
 
@@ -258,6 +266,8 @@ def test_dry_run_sends_nothing(records: list[Conversation], hotel_db_path: Path,
 # -- kill midway, rerun -------------------------------------------------------------------------
 
 K_ANSWERED = 12
+# Server outcomes that deliver a chat completion to the client (rejected answers included).
+ANSWERED = ("ok", "non_json", "off_schema")
 
 
 def write_config(path: Path, lab_input: Path, db_path: Path, base_url: str) -> Path:
@@ -310,9 +320,11 @@ def test_kill_midway_and_rerun(tmp_path: Path, repo_root: Path, lab_train_path: 
             def settled(s: FakeChatServer) -> bool:
                 log = s.log
                 answered = sum(e.outcome == "ok" for e in log)
+                # every chat completion received is cached, rejected ones included
+                received = sum(e.outcome in ANSWERED for e in log)
                 return (answered >= K_ANSWERED and not any(e.outcome == "pending" for e in log)
                         and any(e.outcome == "held" for e in log)
-                        and count_answers(out / "llm_cache") == answered)
+                        and count_answers(out / "llm_cache") == received)
 
             assert server.wait_until(settled, 40), (tmp_path / "err1.txt").read_text()
             child.send_signal(signal.SIGKILL)
@@ -323,9 +335,12 @@ def test_kill_midway_and_rerun(tmp_path: Path, repo_root: Path, lab_train_path: 
                 child.wait()
         assert child.returncode != 0 and not (out / "manifest.json").exists()
         first_run = server.log
-        answered_bodies = {e.body_hash for e in first_run if e.outcome == "ok"}
-        answered_turns = {e.first_user for e in first_run if e.outcome == "ok"}
-        assert len(answered_turns) >= K_ANSWERED
+        answered_bodies = {e.body_hash for e in first_run if e.outcome in ANSWERED}
+        # turns whose item finished: an answer that passed, or a rejected one re-asked and
+        # answered again (max_reasks=1); a turn whose re-ask was held is resumed, not repeated
+        ok_count = Counter(e.first_user for e in first_run if e.outcome == "ok")
+        answered_turns = {t for t, n in ok_count.items() if model.intent.get(t) == "ok" or n >= 2}
+        assert sum(ok_count.values()) >= K_ANSWERED and answered_turns
 
         holding = False
         child = start(repo_root, config, out, tmp_path / "err2.txt")
