@@ -190,6 +190,9 @@ class LLMClient:
             "items": self._items,
             "items_ok": self._items_ok,
             "items_failed": sum(self._failures.values()),
+            # True when the run asked for answers and got none (every request 500, a budget of
+            # zero...): the CLI makes it the exit status instead of a quiet run with no rewrites.
+            "all_failed": self._items > 0 and self._items_ok == 0 and self._dry_run is None,
             "cache_hits": self._cache_hits,
             "cache_replays": self._cache_replays,
             "cache_writes": self._cache_writes,
@@ -394,6 +397,8 @@ class LLMClient:
 
     def _log_summary(self) -> None:
         stats = self.stats
+        if stats["all_failed"]:
+            log.warning("llm: all %d items failed: %s", stats["items"], stats["failures"])
         log.info(
             "llm: %d items, %d ok, %d cache hits, %d requests, %d retries, %d re-asks, "
             "%d tokens, cost %.4f; failures %s",

@@ -375,3 +375,102 @@ def test_kill_midway_and_rerun(tmp_path: Path, repo_root: Path, lab_train_path: 
     assert sum(ops["rewrite_llm"].values()) == in_scope
     assert ops["rewrite_llm"].get("added", 0) == counts["added_by_op"].get("rewrite_llm", 0) > 0
     assert any(k.startswith("kept:") for k in ops["rewrite_llm"])
+
+
+# -- the slot check inside the client's re-ask loop -------------------------------------------
+
+def test_a_rewrite_failing_the_slot_check_is_reasked(records: list[Conversation],
+                                                     hotel_db_path: Path, tmp_path: Path) -> None:
+    # A record with exactly one user turn that states a price: the fake model changes that
+    # number on its first answer and gets it right once told why.
+    def priced(text: str) -> bool:
+        return re.search(r"\d+元", text) is not None
+
+    rec = next(r for r in records
+               if sum(priced(t.text) for t in user_turns(r.messages)) == 1)
+    bodies: list[dict[str, Any]] = []
+
+    def answer(body: dict[str, Any]) -> str:
+        bodies.append(body)
+        text = first_user_message(body)
+        first_try = len(body["messages"]) == 2  # system + user: no correction yet
+        if first_try and priced(text):
+            number = re.search(r"\d+(?=元)", text)
+            assert number is not None
+            text = text[: number.start()] + str(int(number.group()) + 100) + text[number.end():]
+        return json.dumps({"rewrite": "嗯，" + text}, ensure_ascii=False)
+
+    with FakeChatServer(answer=answer) as server:
+        result, ctx = run_stage([rec], tmp_path, hotel_db_path, llm_config(server.base_url))
+    [child] = [r for r in result if r.lineage.parent_id == rec.id]
+    for turn in user_turns(rec.messages):
+        assert child.messages[turn.index].content == "嗯，" + turn.text  # the corrected rewrite
+    stats = ctx.artifacts["llm"]
+    assert stats["reasks"] == {"slot_number_changed": 1} and stats["reasks_total"] == 1
+    assert stats["failures"] == {} and stats["items_ok"] == stats["items"]
+    assert ctx.stats["augment"]["turns"]["rewrite_llm"] == {"ok": len(user_turns(rec.messages))}
+    # the re-ask carried the rejected answer and the reason back to the model
+    [reask] = [b for b in bodies if len(b["messages"]) > 2]
+    assert "slot_number_changed" in reask["messages"][-1]["content"]
+    assert not (tmp_path / DISCARDED_FILE).read_text(encoding="utf-8")
+
+
+# -- runs that must not end as a quiet success ------------------------------------------------
+
+def _cli_run(tmp_path: Path, lab_train_path: Path, db_path: Path, base_url: str,
+             capsys: pytest.CaptureFixture[str]) -> tuple[int, str, Path]:
+    from dataprep.cli import main
+
+    lab_input = tmp_path / "lab.jsonl"
+    lab_input.write_text("".join(
+        lab_train_path.read_text(encoding="utf-8").splitlines(True)[:12]), encoding="utf-8")
+    config = write_config(tmp_path / "run.yaml", lab_input, db_path, base_url)
+    out = tmp_path / "out"
+    code = main(["run", str(config), "--out", str(out), "--quiet"])
+    return code, capsys.readouterr().err, out
+
+
+def test_a_refused_key_stops_the_run_early(tmp_path: Path, lab_train_path: Path,
+                                           hotel_db_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-this-key-is-revoked-000")
+    with FakeChatServer(api_key="sk-the-right-key-123456") as server:
+        code, err, out = _cli_run(tmp_path, lab_train_path, hotel_db_path, server.base_url,
+                                  capsys)
+        sent = len(server.log)
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "refused authentication on 3 requests in a row (Error code: 401" in err
+    assert "sk-this-key-is-revoked" not in err
+    # stopped at the third refusal, give or take the requests already in flight (concurrency 4)
+    assert 3 <= sent <= 3 + 3
+    assert not (out / "manifest.json").exists()
+
+
+def test_a_run_whose_llm_requests_all_fail_exits_1(tmp_path: Path, lab_train_path: Path,
+                                                   hotel_db_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeChatServer(faults=lambda info: Fault.server_error(500)) as server:
+        code, err, out = _cli_run(tmp_path, lab_train_path, hotel_db_path, server.base_url,
+                                  capsys)
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    llm = manifest["artifacts"]["llm"]
+    assert llm["all_failed"] and llm["items"] > 0 and llm["items_ok"] == 0
+    assert code == 1
+    assert f"all {llm['items']} LLM requests failed (llm_server_error_exhausted " in err
+    assert "Traceback" not in err
+    # the splits are still complete: the originals are all there, nothing was added by the LLM
+    assert manifest["counts"]["added_by_op"].get("rewrite_llm", 0) == 0
+
+
+def test_a_corrupt_llm_cache_is_one_line(tmp_path: Path, lab_train_path: Path,
+                                         hotel_db_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "out" / "llm_cache" / "llm_cache.sqlite3"
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"\x00garbage, not sqlite\n" * 100)
+    with FakeChatServer() as server:
+        code, err, _ = _cli_run(tmp_path, lab_train_path, hotel_db_path, server.base_url, capsys)
+        assert server.log == []
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert str(cache) in err and "not an sqlite file" in err
