@@ -1,8 +1,8 @@
-"""Judging an answer: JSON extraction, schema check, the caller's validator, and the re-ask text.
+"""Judging an answer and the re-ask loop: JSON extraction, schema check, the caller's validator.
 
 An answer is rejected by raising :class:`OutputRejected` with a snake_case ``reason`` and a
-``feedback`` sentence; the client then sends the conversation back with the rejected answer and
-a correction (:func:`reask_messages`), at most ``LLMConfig.max_reasks`` times per item.
+``feedback`` sentence; :func:`ask_until_valid` then sends the conversation back with the rejected
+answer and a correction (:func:`reask_messages`), at most ``max_reasks`` times per item.
 
 Example:
     >>> schema = {"type": "object", "required": ["text"]}
@@ -18,13 +18,21 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import jsonschema
 import jsonschema.exceptions
 
-__all__ = ["OutputRejected", "Validator", "check_answer", "extract_json", "reask_messages"]
+__all__ = [
+    "OutputRejected",
+    "ReasksExhausted",
+    "Validator",
+    "ask_until_valid",
+    "check_answer",
+    "extract_json",
+    "reask_messages",
+]
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 # Longest feedback quoted back to the model; a validator's message is for a human and a model,
@@ -145,3 +153,49 @@ def reask_messages(
         {"role": "assistant", "content": answer},
         {"role": "user", "content": correction},
     ]
+
+
+class ReasksExhausted(Exception):
+    """The last answer was rejected and no re-ask is left; carries the rejection and the answer."""
+
+    def __init__(self, rejected: OutputRejected, answer: str, reasks: int) -> None:
+        super().__init__(f"{rejected.feedback} (after {reasks} re-asks)")
+        self.rejected = rejected
+        self.answer = answer
+        self.reasks = reasks
+
+
+async def ask_until_valid(
+    messages: Sequence[Mapping[str, Any]],
+    schema: Mapping[str, Any] | None,
+    check: Validator | None,
+    max_reasks: int,
+    ask: Callable[[list[dict[str, Any]]], Awaitable[str]],
+    on_reask: Callable[[OutputRejected], None] | None = None,
+) -> tuple[str, Any, int]:
+    """(accepted answer, kept value, re-asks): ``ask`` the conversation, judge the answer with
+    :func:`check_answer`, and re-ask with the rejection until an answer passes; raises
+    :class:`ReasksExhausted` once ``max_reasks`` re-asks were rejected too. Errors raised by
+    ``ask`` (the transport's) pass through.
+
+    >>> import asyncio
+    >>> answers = iter(["不是 JSON", '{"text": "好"}'])
+    >>> async def ask(conversation):
+    ...     return next(answers)
+    >>> asyncio.run(ask_until_valid([{"role": "user", "content": "x"}], {"type": "object"},
+    ...                             None, 2, ask))
+    ('{"text": "好"}', {'text': '好'}, 1)
+    """
+    conversation = [dict(m) for m in messages]
+    reasks = 0
+    while True:
+        text = await ask(conversation)
+        try:
+            return text, check_answer(text, schema, check), reasks
+        except OutputRejected as rejected:
+            if reasks >= max_reasks:
+                raise ReasksExhausted(rejected, text, reasks) from None
+            reasks += 1
+            if on_reask is not None:
+                on_reask(rejected)
+            conversation = reask_messages(conversation, text, rejected, schema)

@@ -28,22 +28,19 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
 import openai
 
-from dataprep.llm.answers import OutputRejected, Validator, check_answer, reask_messages
+from dataprep.llm.answers import OutputRejected, ReasksExhausted, Validator, ask_until_valid
 from dataprep.llm.budget import BudgetMeter, DryRunEstimate, Usage, estimate_dry_run
 from dataprep.llm.cache import CachedAnswer, ResponseCache, cache_key
-from dataprep.llm.config import NON_OUTPUT_PARAMS, LLMConfig
-from dataprep.llm.items import LLMRequest, LLMResult, MissingAPIKeyError
+from dataprep.llm.config import NON_OUTPUT_PARAMS, LLMConfig, is_loopback
+from dataprep.llm.items import LLMRequest, LLMResult, MissingAPIKeyError, wire_request
 from dataprep.llm.redaction import MASK, get_logger, redact, register_secret, unregister_secret
 from dataprep.llm.transport import ItemFailed, Transport
 
@@ -53,18 +50,6 @@ log = get_logger(__name__)
 
 # The SDK's own default, spelled out so that the cache key names the endpoint in every case.
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-
-def _is_loopback(url: str | None) -> bool:
-    host = urlparse(url).hostname if url else None
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 @dataclass
 class _ItemState:
@@ -110,7 +95,7 @@ class LLMClient:
         if api_key is None:
             api_key = os.environ.get(config.api_key_env) or None
         if api_key is None and not config.dry_run:
-            if not _is_loopback(self.base_url):
+            if not is_loopback(self.base_url):
                 raise MissingAPIKeyError(
                     f"environment variable {config.api_key_env} is not set; export it with your "
                     f"API key, set LLMConfig.api_key_env to the variable that holds the key, or "
@@ -224,26 +209,7 @@ class LLMClient:
             request = LLMRequest(**dict(request))
         elif not isinstance(request, LLMRequest):
             raise TypeError(f"expected LLMRequest or dict, got {type(request).__name__}")
-        config = self.config
-        params: dict[str, Any] = {
-            "temperature": config.temperature,
-            "max_tokens": config.max_tokens,
-            **config.extra_params,
-            **request.params,
-        }
-        if request.schema is not None and config.json_mode and "response_format" not in params:
-            params["response_format"] = {"type": "json_object"}
-        params = {k: v for k, v in params.items() if v is not None}
-        messages = [dict(m) for m in request.messages]
-        if request.schema is not None and config.schema_in_prompt:
-            hint = (
-                "Reply with a single JSON object that conforms to this JSON Schema:\n"
-                + json.dumps(request.schema, ensure_ascii=False, sort_keys=True)
-            )
-            if messages[0].get("role") == "system" and isinstance(messages[0].get("content"), str):
-                messages[0]["content"] = f"{messages[0]['content']}\n\n{hint}"
-            else:
-                messages.insert(0, {"role": "system", "content": hint})
+        messages, params = wire_request(self.config, request)
         return _Prepared(request, messages, params, self._key(messages, request.schema, params))
 
     def _prepare_all(self, requests: Iterable[LLMRequest | Mapping[str, Any]]) -> list[_Prepared]:
@@ -399,25 +365,16 @@ class LLMClient:
         stats = self.stats
         if stats["all_failed"]:
             log.warning("llm: all %d items failed: %s", stats["items"], stats["failures"])
-        log.info(
-            "llm: %d items, %d ok, %d cache hits, %d requests, %d retries, %d re-asks, "
-            "%d tokens, cost %.4f; failures %s",
-            stats["items"],
-            stats["items_ok"],
-            stats["cache_hits"],
-            stats["requests_sent"],
-            stats["retries_total"],
-            stats["reasks_total"],
-            stats["total_tokens"],
-            stats["cost"],
-            stats["failures"],
-        )
+        summary = ("items", "items_ok", "cache_hits", "requests_sent", "retries_total",
+                   "reasks_total", "total_tokens", "cost", "failures")
+        log.info("llm: %s", ", ".join(f"{name} {stats[name]}" for name in summary))
 
     async def _answer(
-        self, oa: openai.AsyncOpenAI, item: _Prepared, key: str,
-        conversation: list[dict[str, Any]], state: _ItemState,
+        self, oa: openai.AsyncOpenAI, item: _Prepared, conversation: list[dict[str, Any]],
+        state: _ItemState,
     ) -> str:
         """The answer to ``conversation``: replayed from the cache, else asked and stored."""
+        key = self._key(conversation, item.request.schema, item.params)
         cached = self.cache.get(key) if self.cache is not None else None
         if cached is not None:
             state.replayed += 1
@@ -448,30 +405,25 @@ class LLMClient:
         self, oa: openai.AsyncOpenAI, item: _Prepared, validator: Validator | None
     ) -> LLMResult:
         request = item.request
-        check = request.validator or validator
         state = _ItemState()
-        conversation = list(item.messages)
-        key = item.key
+
+        async def ask(conversation: list[dict[str, Any]]) -> str:
+            return await self._answer(oa, item, conversation, state)
+
+        def reasked(rejected: OutputRejected) -> None:
+            state.reasks += 1
+            self._reasks[rejected.reason] += 1
+            log.debug("request %s: re-ask %d (%s)", request.id, state.reasks, rejected.reason)
+
         try:
-            while True:
-                text = await self._answer(oa, item, key, conversation, state)
-                try:
-                    parsed = check_answer(text, request.schema, check)
-                    break
-                except OutputRejected as rejected:
-                    if state.reasks >= self.config.max_reasks:
-                        raise ItemFailed(
-                            rejected.reason,
-                            f"{rejected.feedback} (after {state.reasks} re-asks)",
-                            rejected_text=text,
-                        ) from None
-                    state.reasks += 1
-                    self._reasks[rejected.reason] += 1
-                    log.debug(
-                        "request %s: re-ask %d (%s)", request.id, state.reasks, rejected.reason
-                    )
-                    conversation = reask_messages(conversation, text, rejected, request.schema)
-                    key = self._key(conversation, request.schema, item.params)
+            try:
+                text, parsed, _ = await ask_until_valid(
+                    item.messages, request.schema, request.validator or validator,
+                    self.config.max_reasks, ask, reasked,
+                )
+            except ReasksExhausted as exhausted:
+                raise ItemFailed(exhausted.rejected.reason, str(exhausted),
+                                 rejected_text=exhausted.answer) from None
         except ItemFailed as failed:
             detail = redact(failed.detail)
             log.info("request %s failed: %s (%s)", request.id, failed.reason, detail)

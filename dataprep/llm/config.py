@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -17,7 +18,7 @@ from urllib.parse import urlparse
 
 from dataprep.llm.budget import DEFAULT_CHARS_PER_TOKEN
 
-__all__ = ["NON_OUTPUT_PARAMS", "RESERVED_PARAMS", "LLMConfig"]
+__all__ = ["NON_OUTPUT_PARAMS", "RESERVED_PARAMS", "LLMConfig", "is_loopback"]
 
 # Parameters a request may not set: the client owns them.
 RESERVED_PARAMS = frozenset(
@@ -191,3 +192,20 @@ class LLMConfig:
         if unknown:
             raise ValueError(f"unknown llm config key(s) {unknown}; available: {sorted(known)}")
         return cls(**dict(data))
+
+
+def is_loopback(url: str | None) -> bool:
+    """True for a base URL on this machine (a local vLLM, Ollama, a test server): no key needed.
+
+    >>> is_loopback("http://127.0.0.1:8000/v1"), is_loopback("https://api.deepseek.com/v1")
+    (True, False)
+    """
+    host = urlparse(url).hostname if url else None
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

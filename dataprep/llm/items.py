@@ -1,5 +1,5 @@
-"""What goes into the client and what comes out: :class:`LLMRequest`, :class:`LLMResult`, and
-the failure reasons (:data:`REASONS`).
+"""What goes into the client and what comes out: :class:`LLMRequest` (and how it goes on the
+wire, :func:`wire_request`), :class:`LLMResult`, and the failure reasons (:data:`REASONS`).
 
 Example:
     >>> LLMRequest("rec-1", [{"role": "user", "content": "你好"}]).id
@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -17,9 +18,9 @@ import jsonschema.exceptions
 
 from dataprep.llm.answers import Validator
 from dataprep.llm.budget import Usage
-from dataprep.llm.config import RESERVED_PARAMS
+from dataprep.llm.config import RESERVED_PARAMS, LLMConfig
 
-__all__ = ["REASONS", "LLMRequest", "LLMResult", "MissingAPIKeyError"]
+__all__ = ["REASONS", "LLMRequest", "LLMResult", "MissingAPIKeyError", "wire_request"]
 
 # Every reason an item can fail with; stages copy these into their exclusion records. A
 # validator may add its own (``OutputRejected.reason``, e.g. the augment slot check's).
@@ -131,3 +132,33 @@ class LLMResult:
             "parsed": self.parsed,
             "reason": self.reason,
         }
+
+
+def wire_request(config: LLMConfig, request: LLMRequest) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(messages, sampling parameters) as sent: config defaults under the request's overrides
+    (None removes one), json mode and the schema hint for schema requests.
+
+    >>> cfg = LLMConfig(model="m", temperature=0.2)
+    >>> wire_request(cfg, LLMRequest("a", [{"role": "user", "content": "x"}]))[1]
+    {'temperature': 0.2, 'max_tokens': 1024}
+    """
+    params: dict[str, Any] = {
+        "temperature": config.temperature,
+        "max_tokens": config.max_tokens,
+        **config.extra_params,
+        **request.params,
+    }
+    if request.schema is not None and config.json_mode and "response_format" not in params:
+        params["response_format"] = {"type": "json_object"}
+    params = {k: v for k, v in params.items() if v is not None}
+    messages = [dict(m) for m in request.messages]
+    if request.schema is not None and config.schema_in_prompt:
+        hint = (
+            "Reply with a single JSON object that conforms to this JSON Schema:\n"
+            + json.dumps(request.schema, ensure_ascii=False, sort_keys=True)
+        )
+        if messages[0].get("role") == "system" and isinstance(messages[0].get("content"), str):
+            messages[0]["content"] = f"{messages[0]['content']}\n\n{hint}"
+        else:
+            messages.insert(0, {"role": "system", "content": hint})
+    return messages, params
