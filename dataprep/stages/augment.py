@@ -22,8 +22,10 @@ docqa_unanswerable  docqa   negatives only, refusal answer, label "unanswerable"
 ==================  ======  =========================================================  =====
 
 A rewrite keeps a turn only if it passes the slot check (same numbers and bounds, names, types,
-facilities, and the following tool call's stated values); failing turns keep their original
-text, and a record none of whose turns survives gets no derived twin. Per-record outcomes are
+facilities, and the following tool call's stated values); for ``rewrite_llm`` the check is the LLM
+client's answer validator, so a failing rewrite is first re-asked with the reason (``llm.max_reasks``
+times, counted in the client's ``reasks``). Failing turns keep their original text, and a record
+none of whose turns survives gets no derived twin. Per-record outcomes are
 counted in ``stats["augment"]["ops"][op]`` (``added``, ``not_selected``, ``kept:<reason>``,
 ``skipped:<reason>``), per-turn ones in ``stats["augment"]["turns"][op]``; every discarded rewrite
 is kept as evidence in ``augment_discarded.jsonl``; the LLM client's stats go to

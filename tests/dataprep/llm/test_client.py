@@ -608,3 +608,17 @@ def test_a_success_resets_the_auth_failure_count() -> None:
         results = client.complete_many_sync([request(f"r{i}", f"第{i}句") for i in range(6)])
         stats = client.stats
     assert len(results) == 6 and stats["failures"] == {"llm_auth_failed": 3}
+
+
+def test_the_fake_server_ships_with_the_tests_not_the_package(repo_root: Path) -> None:
+    # What setuptools packs into the wheel, from the project's own package selection.
+    import tomllib
+    from setuptools import find_packages
+
+    pyproject = tomllib.loads((repo_root / "pyproject.toml").read_text(encoding="utf-8"))
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = find_packages(where=str(repo_root), include=include)
+    assert "dataprep.llm" in packages
+    assert not any(p.startswith("tests") for p in packages)
+    shipped = [p.name for pkg in packages for p in (repo_root / pkg.replace(".", "/")).glob("*.py")]
+    assert "fake_chat_server.py" not in shipped and "fake_server.py" not in shipped
