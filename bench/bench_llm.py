@@ -16,8 +16,8 @@ import json
 import multiprocessing as mp
 import sys
 import time
-from pathlib import Path
 from multiprocessing.synchronize import Event as EventType
+from pathlib import Path
 from typing import Any
 
 from dataprep.llm import LLMClient, LLMConfig, LLMRequest
