@@ -25,8 +25,8 @@ from dataprep.llm.answers import OutputRejected, Validator, extract_json
 from dataprep.llm.budget import BudgetMeter, DryRunEstimate, Usage, estimate_tokens
 from dataprep.llm.cache import CachedAnswer, CacheError, ResponseCache, cache_key
 from dataprep.llm.client import LLMClient
-from dataprep.llm.config import LLMConfig
-from dataprep.llm.items import REASONS, LLMRequest, LLMResult, MissingAPIKeyError
+from dataprep.llm.config import LLMConfig, MissingAPIKeyError
+from dataprep.llm.items import REASONS, LLMRequest, LLMResult
 from dataprep.llm.redaction import RedactingFilter, redact, sdk_debug_logging
 from dataprep.llm.transport import LLMAuthError
 

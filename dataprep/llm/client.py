@@ -1,17 +1,10 @@
 """Async chat-completions client for augmentation stages: runs many requests, each through the
 cache, the transport (retries) and the re-ask loop (validation), within a budget.
 
-Talks to any OpenAI-compatible endpoint (OpenAI, DeepSeek, GLM, a local vLLM or Ollama) through
-the official ``openai`` package. One call runs many requests with bounded concurrency and returns
-one :class:`LLMResult` per request; a failed request never raises, it comes back ``ok=False``
-with a snake_case ``reason`` so the calling stage can keep the record and say why. Two things do
-stop a call: :class:`~dataprep.llm.transport.LLMAuthError` (the key is refused again and again)
-and :class:`~dataprep.llm.cache.CacheError` (the cache cannot be read or written).
-
-The other concerns live next door: :mod:`~dataprep.llm.config` (settings),
-:mod:`~dataprep.llm.transport` (HTTP, retries), :mod:`~dataprep.llm.answers` (JSON extraction,
-validation, re-ask text), :mod:`~dataprep.llm.cache`, :mod:`~dataprep.llm.budget`,
-:mod:`~dataprep.llm.redaction`.
+Any OpenAI-compatible endpoint (OpenAI, DeepSeek, GLM, vLLM, Ollama), through the official
+``openai`` package. A failed request never raises: it comes back ``ok=False`` with a snake_case
+``reason``. Two things stop a call: ``LLMAuthError`` (the key is refused again and again) and
+``CacheError`` (the cache cannot be read or written).
 
 Example:
     >>> config = LLMConfig(model="glm-4-flash", base_url="https://open.bigmodel.cn/api/paas/v4",
@@ -39,8 +32,8 @@ import openai
 from dataprep.llm.answers import OutputRejected, ReasksExhausted, Validator, ask_until_valid
 from dataprep.llm.budget import BudgetMeter, DryRunEstimate, Usage, estimate_dry_run
 from dataprep.llm.cache import CachedAnswer, ResponseCache, cache_key
-from dataprep.llm.config import NON_OUTPUT_PARAMS, LLMConfig, is_loopback
-from dataprep.llm.items import LLMRequest, LLMResult, MissingAPIKeyError, wire_request
+from dataprep.llm.config import NON_OUTPUT_PARAMS, LLMConfig, resolve_api_key
+from dataprep.llm.items import LLMRequest, LLMResult, wire_request
 from dataprep.llm.redaction import MASK, get_logger, redact, register_secret, unregister_secret
 from dataprep.llm.transport import ItemFailed, Transport
 
@@ -50,6 +43,7 @@ log = get_logger(__name__)
 
 # The SDK's own default, spelled out so that the cache key names the endpoint in every case.
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
 
 @dataclass
 class _ItemState:
@@ -92,16 +86,7 @@ class LLMClient:
     def __init__(self, config: LLMConfig, *, api_key: str | None = None) -> None:
         self.config = config
         self.base_url = config.base_url or os.environ.get("OPENAI_BASE_URL") or None
-        if api_key is None:
-            api_key = os.environ.get(config.api_key_env) or None
-        if api_key is None and not config.dry_run:
-            if not is_loopback(self.base_url):
-                raise MissingAPIKeyError(
-                    f"environment variable {config.api_key_env} is not set; export it with your "
-                    f"API key, set LLMConfig.api_key_env to the variable that holds the key, or "
-                    f"use dry_run=True to estimate without calling"
-                )
-            api_key = "EMPTY"  # local servers ignore the key, but the SDK insists on one
+        api_key = resolve_api_key(config, self.base_url, api_key)
         self._api_key = api_key
         register_secret(api_key)
         self._closed = False
@@ -168,7 +153,6 @@ class LLMClient:
         requests only.
         """
         budget = self.meter.snapshot()
-        transport = self.transport
         return {
             "model": self.config.model,
             "base_url": redact(self.base_url) if self.base_url else None,
@@ -181,10 +165,7 @@ class LLMClient:
             "cache_hits": self._cache_hits,
             "cache_replays": self._cache_replays,
             "cache_writes": self._cache_writes,
-            "requests_sent": transport.requests_sent,
-            "responses": transport.responses,
-            "retries": dict(transport.retries),
-            "retries_total": sum(transport.retries.values()),
+            **self.transport.stats(),
             "reasks": dict(sorted(self._reasks.items())),
             "reasks_total": sum(self._reasks.values()),
             "failures": dict(sorted(self._failures.items())),

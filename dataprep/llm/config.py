@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -18,7 +19,14 @@ from urllib.parse import urlparse
 
 from dataprep.llm.budget import DEFAULT_CHARS_PER_TOKEN
 
-__all__ = ["NON_OUTPUT_PARAMS", "RESERVED_PARAMS", "LLMConfig", "is_loopback"]
+__all__ = [
+    "NON_OUTPUT_PARAMS",
+    "RESERVED_PARAMS",
+    "LLMConfig",
+    "MissingAPIKeyError",
+    "is_loopback",
+    "resolve_api_key",
+]
 
 # Parameters a request may not set: the client owns them.
 RESERVED_PARAMS = frozenset(
@@ -209,3 +217,27 @@ def is_loopback(url: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class MissingAPIKeyError(ValueError):
+    """The environment variable named by ``LLMConfig.api_key_env`` is not set."""
+
+
+def resolve_api_key(config: LLMConfig, base_url: str | None, api_key: str | None) -> str | None:
+    """The key to send: ``api_key`` if given, else ``$<api_key_env>``; a placeholder for a
+    loopback endpoint (local servers ignore it, the SDK insists on one); None for a dry run.
+
+    >>> resolve_api_key(LLMConfig(model="m", api_key_env="NO_SUCH_VAR_X"), "http://127.0.0.1/v1", None)
+    'EMPTY'
+    """
+    if api_key is None:
+        api_key = os.environ.get(config.api_key_env) or None
+    if api_key is None and not config.dry_run:
+        if not is_loopback(base_url):
+            raise MissingAPIKeyError(
+                f"environment variable {config.api_key_env} is not set; export it with your "
+                f"API key, set LLMConfig.api_key_env to the variable that holds the key, or "
+                f"use dry_run=True to estimate without calling"
+            )
+        api_key = "EMPTY"
+    return api_key

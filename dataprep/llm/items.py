@@ -20,7 +20,7 @@ from dataprep.llm.answers import Validator
 from dataprep.llm.budget import Usage
 from dataprep.llm.config import RESERVED_PARAMS, LLMConfig
 
-__all__ = ["REASONS", "LLMRequest", "LLMResult", "MissingAPIKeyError", "wire_request"]
+__all__ = ["REASONS", "LLMRequest", "LLMResult", "wire_request"]
 
 # Every reason an item can fail with; stages copy these into their exclusion records. A
 # validator may add its own (``OutputRejected.reason``, e.g. the augment slot check's).
@@ -39,10 +39,6 @@ REASONS: dict[str, str] = {
     "llm_budget_exhausted": "the cost/token/request budget was reached before this request",
     "llm_dry_run": "dry run: nothing was sent",
 }
-
-
-class MissingAPIKeyError(ValueError):
-    """The environment variable named by ``LLMConfig.api_key_env`` is not set."""
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,15 @@ class Transport:
         self.retries: Counter[str] = Counter({cause: 0 for cause in RETRY_CAUSES})
         self.auth_failures_in_a_row = 0
 
+    def stats(self) -> dict[str, Any]:
+        """Requests sent (retries and re-asks included), responses, retries by cause."""
+        return {
+            "requests_sent": self.requests_sent,
+            "responses": self.responses,
+            "retries": dict(self.retries),
+            "retries_total": sum(self.retries.values()),
+        }
+
     def open(self, api_key: str | None, base_url: str | None) -> openai.AsyncOpenAI:
         """A fresh SDK client: its connection pool belongs to the event loop of the call that
         uses it, and the sync wrapper starts a new loop each time."""
