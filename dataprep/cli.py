@@ -30,6 +30,7 @@ def _err(msg: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from dataprep.config import load_config
     from dataprep.pipeline import Pipeline
+    from dataprep.progress import make_progress
 
     overrides = list(args.set or [])
     if args.strict:
@@ -37,7 +38,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         overrides.append("llm.dry_run=true")
     cfg = load_config(args.config, overrides=overrides, out=args.out)
-    manifest = Pipeline(cfg).run(progress=not args.quiet)
+    verbosity = 0 if args.quiet else 1 + args.verbose
+    manifest = Pipeline(cfg).run(progress=make_progress(verbosity=verbosity))
     counts = manifest["counts"]
     out = Path(manifest["outputs"]["train"]).parent
     print(f"{cfg.name}: {counts['input']} input, {sum(counts['rejected'].values())} rejected, "
@@ -110,10 +112,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import dataprep
     from dataprep.registry import READERS
 
     p = _Parser(prog="dataprep", description="Turn raw Chinese corpora into clean, leak-free "
                 "ChatGLM3 tools/conversations splits.")
+    p.add_argument("--version", action="version",
+                   version=f"%(prog)s {dataprep.__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run a pipeline from a YAML config",
@@ -125,7 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set seed=7 "
                    "--set stages.split.ratios=[0.7,0.2,0.1] (repeatable)")
     r.add_argument("--strict", action="store_true", help="stop at the first rejected record")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress display or log lines on stderr (errors and the summary only)")
+    r.add_argument("-v", "--verbose", action="count", default=0,
+                   help="also one line per finished stage (records in/out, seconds) and per "
+                   "post-run step")
     r.add_argument("--dry-run", action="store_true",
                    help="make no LLM request: estimate requests, tokens and cost of the LLM ops "
                    "instead (the rest of the pipeline runs as usual)")

@@ -9,12 +9,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 import dataprep
 from dataprep.config import RunConfig
 from dataprep.errors import AccountingError, ConfigError
 from dataprep.io import sha256_file, write_json_atomic
+from dataprep.progress import RunProgress, make_progress
 from dataprep.readers.base import Reader
 from dataprep.record import Conversation, Reject
 from dataprep.registry import reader_class, stage_class
@@ -69,12 +68,10 @@ def build_stages(specs: list[dict[str, Any]]) -> list[Stage]:
     return stages
 
 
-def read_all(readers: list[Reader], ctx: RunContext, progress: bool = True) -> Iterator[Conversation]:
+def read_all(readers: list[Reader], ctx: RunContext) -> Iterator[Conversation]:
     """Count every input record once, route rejects to the context, yield conversations."""
     for reader in readers:
         items: Iterable[Conversation | Reject] = reader.read()
-        if progress:
-            items = tqdm(items, desc=f"read {Path(reader.source).name}", unit="rec", leave=False)
         for item in items:
             ctx.count_input()
             if isinstance(item, Reject):
@@ -96,7 +93,18 @@ class Pipeline:
                         for s in config.inputs]
         self.stages = build_stages(config.stages)
 
-    def run(self, out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    def run(self, out_dir: str | Path | None = None,
+            progress: bool | RunProgress = True) -> dict[str, Any]:
+        """``progress``: True for the default display on stderr (see :mod:`dataprep.progress`),
+        False for none, or a :class:`RunProgress` of the caller's."""
+        if not isinstance(progress, RunProgress):
+            progress = make_progress(verbosity=1 if progress else 0)
+        try:
+            return self._run(out_dir, progress)
+        finally:
+            progress.close()
+
+    def _run(self, out_dir: str | Path | None, progress: RunProgress) -> dict[str, Any]:
         out = Path(out_dir or self.config.out or f"out/{self.config.name}")
         out.mkdir(parents=True, exist_ok=True)
         ctx = RunContext(out, seed=self.config.seed, strict=self.config.strict,
@@ -104,14 +112,10 @@ class Pipeline:
                          hotel_db_path=self.config.hotel_db)
         ctx.artifacts["llm_config"] = self.config.llm
         started = time.time()
-        stream: Iterable[Conversation] = timed("read", read_all(self.readers, ctx, progress), ctx)
-        for position, stage in enumerate(self.stages, start=1):
-            stream = timed(stage.name, stage.run(stream, ctx), ctx)
-            if progress:
-                # One bar per stage: streaming stages advance together, and after a stage that
-                # needs every record (split, dedup) the later bars show where the time goes.
-                stream = tqdm(stream, desc=stage.name, unit="rec", leave=False,
-                              position=position, mininterval=0.5)
+        stream: Iterable[Conversation] = progress.track(
+            "read", timed("read", read_all(self.readers, ctx), ctx))
+        for stage in self.stages:
+            stream = progress.track(stage.name, timed(stage.name, stage.run(stream, ctx), ctx))
         for _ in stream:
             pass
         ctx.write_rejects()
@@ -121,7 +125,8 @@ class Pipeline:
             if finish is not None:
                 t0 = time.perf_counter()
                 ctx.current_stage = stage.name
-                finish(ctx)
+                with progress.step(stage.name):
+                    finish(ctx)
                 finish_seconds[stage.name] = time.perf_counter() - t0
         left, right = ctx.counts.balance()
         if left != right:
@@ -138,7 +143,8 @@ class Pipeline:
             if after is None:
                 continue
             try:
-                after(ctx, manifest)
+                with progress.step(f"{stage.name} (after the manifest)"):
+                    after(ctx, manifest)
             except Exception as e:  # noqa: BLE001 - re-raised below
                 first_error = first_error or e
         if first_error is not None:
