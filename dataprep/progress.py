@@ -42,8 +42,8 @@ class RunProgress:
         self.out: list[int] = []  # records that left stage i
         self.finished: list[bool] = []
         self.started_at: list[float | None] = []
+        self.first_out: list[float | None] = []  # when stage i passed on its first record
         self.current: int | None = None
-        self.phase_started = time.monotonic()
         self._last_tick = 0.0
 
     # -- what the pipeline calls ---------------------------------------------------------------
@@ -54,6 +54,7 @@ class RunProgress:
         self.out.append(0)
         self.finished.append(False)
         self.started_at.append(None)
+        self.first_out.append(None)
         return self._count(i, stream)
 
     @contextmanager
@@ -74,6 +75,8 @@ class RunProgress:
         self._update()
         for item in stream:
             self.out[i] += 1
+            if self.first_out[i] is None:
+                self.first_out[i] = time.monotonic()
             now = time.monotonic()
             if now - self._last_tick >= TICK:
                 self._last_tick = now
@@ -105,16 +108,18 @@ class RunProgress:
         current = next((i for i, done in enumerate(self.finished) if not done), None)
         if current != self.current:
             self.current = current
-            self.phase_started = time.monotonic()
             if current is not None:
                 self.on_stage(current)
         elif current is not None:
             self.on_tick(current)
 
     def rate_eta(self, i: int) -> tuple[float | None, float | None]:
-        done, total = self.out[i], self.total(i)
-        elapsed = time.monotonic() - self.phase_started
-        rate = done / elapsed if done and elapsed > 0 else None
+        # Measured from the stage's first output record: a stage that needs every record first
+        # works without output, and a streaming stage produced most of its output while the
+        # stages above it were current.
+        done, total, first = self.out[i], self.total(i), self.first_out[i]
+        elapsed = time.monotonic() - first if first is not None else 0.0
+        rate = (done - 1) / elapsed if done > 1 and elapsed >= 0.2 else None
         eta = (max(total - done, 0) / rate) if rate and total is not None else None
         return rate, eta
 
@@ -200,7 +205,7 @@ class LiveProgress(RunProgress):
         self.progress = Progress(
             SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
             MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-            TextColumn("ETA {task.fields[eta]}"), TimeElapsedColumn(),
+            TextColumn("ETA {task.fields[eta]} ·"), TimeElapsedColumn(), TextColumn("elapsed"),
             console=self.console, transient=True, refresh_per_second=10)
         self.progress.start()
         self.task = self.progress.add_task("starting", total=None, rate="", eta="-")

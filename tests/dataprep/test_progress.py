@@ -71,7 +71,7 @@ def test_log_lines_carry_totals_rate_and_eta() -> None:
     buf = io.StringIO()
     p = LogProgress(verbosity=1, stream=buf, interval=0.0)
     for _ in p.track("split", p.track("read", range(50))):
-        time.sleep(0.001)
+        time.sleep(0.01)
     p.close()
     text = buf.getvalue()
     assert "read: done, 50 records to process" in text
