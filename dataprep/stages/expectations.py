@@ -20,8 +20,14 @@ Expectations (name, default severity; any list in ``critical`` replaces the defa
   ``tool_call_rate`` bounds (hotel 0.5–1.0: a hotel set without calls means a broken reader;
   spo/docqa exactly 0);
 - ``split_share_train|dev|test`` (warning): each split's share of the corpus is within
-  ``split_tolerance`` (+ one record) of the split stage's ratios; upsampled copies are left
-  out (``row_condition``), since balancing after the split enlarges train on purpose.
+  ``split_tolerance`` (+ one record) of the split stage's ratios, judged on the records the
+  split stage divided: derived records (augmentation, upsampled copies: anything with a parent)
+  are left out (``row_condition``), since augmenting and balancing train after the split
+  enlarge it on purpose.
+
+``data_docs`` (default true) builds the Data Docs site, rewritten to work offline and to agree
+with the run's verdict (:mod:`dataprep.reporting.datadocs`); false runs the suites in memory and
+writes no ``gx/`` folder.
 
 ``fail_on``: ``critical`` (default) makes the run fail with :class:`ExpectationError` when a
 critical expectation fails, ``any`` on any failure, ``never`` only records. The error is raised
@@ -94,7 +100,8 @@ def _row(d: dict[str, Any], split: str, tokenizer: Any) -> dict[str, Any]:
         "max_chars": max((len(t) for t in texts), default=0),
         "total_chars": sum(len(t) for t in texts),
         "has_tool_call": int("tool" in roles),
-        "is_copy": int("balance_upsample" in ops),
+        "is_copy": int(bool((d.get("lineage") or {}).get("parent_id"))
+                       or "balance_upsample" in ops),
         **{f"is_{s}": int(s == split) for s in SPLITS},
     }
     if tokenizer is not None:
@@ -113,7 +120,9 @@ class Expectations(Stage):
     def __init__(self, *, fail_on: str = "critical", critical: Iterable[str] | None = None,
                  max_chars: int = 32768, max_tokens: int = 8192,
                  tool_call_rate: dict[str, list[float]] | None = None,
-                 split_tolerance: float = 0.05, ratios: list[float] | None = None) -> None:
+                 split_tolerance: float = 0.05, ratios: list[float] | None = None,
+                 data_docs: bool = True) -> None:
+        self.data_docs = bool(data_docs)
         if fail_on not in FAIL_ON:
             raise ConfigError(f"expectations.fail_on must be one of {', '.join(FAIL_ON)}, "
                               f"got {fail_on!r}")
@@ -166,7 +175,8 @@ class Expectations(Stage):
         raise ExpectationError(
             f"{len(bad)} {'critical ' if self.fail_on == 'critical' else ''}expectation(s) "
             f"failed on the final splits: {lines}{more}. The splits are written; see "
-            f"{ctx.out_dir / result['data_docs']} (set expectations.fail_on: never to accept)")
+            f"{ctx.out_dir / (result.get('data_docs') or 'manifest.json')} "
+            "(set expectations.fail_on: never to accept)")
 
     def _ratios(self, ctx: RunContext) -> list[float]:
         ratios = self.ratios
@@ -183,15 +193,18 @@ class Expectations(Stage):
         """Run the suites on ``out_dir``'s splits; returns the artifact dict (see module doc)."""
         import pandas as pd
 
+        from dataprep.reporting import datadocs
+
         out = Path(out_dir)
         rows = sample_rows(out, tokenizer)
         frames: dict[str, Any] = {}
         if rows:
             df = pd.DataFrame(rows)
-            frames = {corpus: part.reset_index(drop=True)
+            # Escaped before GX sees it: its renderers write values into the pages unescaped.
+            frames = {corpus: datadocs.escape_frame(part.reset_index(drop=True))
                       for corpus, part in df.groupby("corpus", sort=True)}
         with _quiet_gx():
-            context = _fresh_context(out)
+            context = _fresh_context(out, self.data_docs)
             suites: dict[str, Any] = {}
             failed: list[dict[str, Any]] = []
             for corpus, frame in frames.items():
@@ -199,7 +212,14 @@ class Expectations(Stage):
                                                  tokenizer is not None)
                 suites[corpus] = summary
                 failed.extend(fails)
-            context.build_data_docs()
+            site = None
+            if self.data_docs:
+                context.build_data_docs()
+                verdicts = {f"dataprep_{re.sub(r'[^A-Za-z0-9_]', '_', c)}": {
+                    "success": not any(f["corpus"] == c for f in failed),
+                    "critical_success": not any(f["corpus"] == c and f["critical"]
+                                                for f in failed)} for c in suites}
+                site = datadocs.finish_site(out / "gx", verdicts)
         return {
             "success": not failed,
             "critical_success": not any(f["critical"] for f in failed),
@@ -207,7 +227,8 @@ class Expectations(Stage):
             "failed": failed,
             "suites": suites,
             "rows": len(rows),
-            "data_docs": DATA_DOCS.as_posix(),
+            "data_docs": DATA_DOCS.as_posix() if self.data_docs else None,
+            "data_docs_site": site,
         }
 
     def _expectations(self, corpus: str, frame: Any, ratios: list[float],
@@ -306,12 +327,15 @@ class Expectations(Stage):
         return summary, json.loads(json.dumps(fails, default=_jsonable))
 
 
-def _fresh_context(out: Path) -> Any:
-    """A new file-backed context in ``out/gx``: the Data Docs must show this run only."""
+def _fresh_context(out: Path, file_backed: bool = True) -> Any:
+    """A new file-backed context in ``out/gx`` (the Data Docs must show this run only), or an
+    in-memory one when no Data Docs are wanted."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     shutil.rmtree(out / "gx", ignore_errors=True)
+    if not file_backed:
+        return gx.get_context(mode="ephemeral")
     context = gx.get_context(mode="file", project_root_dir=str(out))
     context.variables.progress_bars = ProgressBarsConfig(globally=False,
                                                          metric_calculations=False)
@@ -338,8 +362,10 @@ def _observed(result: dict[str, Any], exception_info: Any) -> Any:
         return {"exception": exception_info.get("exception_message")}
     if "observed_value" in result:
         return result["observed_value"]
-    return {k: result.get(k) for k in ("element_count", "unexpected_count",
-                                       "partial_unexpected_list") if k in result}
+    from dataprep.reporting.datadocs import unescape
+
+    return {k: unescape(result.get(k)) for k in ("element_count", "unexpected_count",
+                                                 "partial_unexpected_list") if k in result}
 
 
 def _summary(kind: str, kwargs: dict[str, Any], result: dict[str, Any], exc: Any) -> str:
@@ -353,7 +379,10 @@ def _summary(kind: str, kwargs: dict[str, Any], result: dict[str, Any], exc: Any
             observed = round(observed, 4)
         return (f"{col}: observed {str(observed)[:40]}, expected between "
                 f"{kwargs.get('min_value')} and {kwargs.get('max_value')}")
-    examples = ", ".join(repr(v)[:40] for v in (result.get("partial_unexpected_list") or [])[:3])
+    from dataprep.reporting.datadocs import unescape
+
+    examples = ", ".join(repr(unescape(v))[:40]
+                         for v in (result.get("partial_unexpected_list") or [])[:3])
     return (f"{col}: {result.get('unexpected_count')} of {result.get('element_count')} values "
             f"unexpected (e.g. {examples})")
 
