@@ -69,9 +69,12 @@ ICON_CSS = """
 
 def escape_frame(frame: Any) -> Any:
     """A copy of ``frame`` whose string cells are HTML-escaped (numbers and nulls unchanged)."""
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
     out = frame.copy()
     for col in out.columns:
-        if out[col].dtype == object:
+        # pandas 3 gives text its own "str" dtype; older versions use object
+        if is_string_dtype(out[col]) or is_object_dtype(out[col]):
             out[col] = out[col].map(lambda v: html.escape(v, quote=True) if isinstance(v, str)
                                     else v)
     return out
