@@ -212,7 +212,9 @@ def browser_data(out_dir: str | Path, max_bytes: int = MAX_BYTES) -> dict[str, A
 
 
 def _read_entries(out: Path, chosen: dict[tuple[str, int], None]) -> list[dict[str, Any]]:
-    entries = []
+    """The chosen lines as entries, in the order chosen (round-robin: the first page shows one
+    record of each facet combination)."""
+    found: dict[tuple[str, int], dict[str, Any]] = {}
     for source, path in _sources(out):
         wanted = {n for s, n in chosen if s == source}
         if not wanted:
@@ -223,8 +225,8 @@ def _read_entries(out: Path, chosen: dict[tuple[str, int], None]) -> list[dict[s
                 kind = source if source != "rejects" else str(d.get("kind") or "rejected")
                 if kind not in ("removed", "rejected", "discarded", *SPLITS):
                     kind = "rejected"
-                entries.append(_entry(kind, d, f"{path.name}:{n}"))
-    return entries
+                found[(source, n)] = _entry(kind, d, f"{path.name}:{n}")
+    return [found[key] for key in chosen if key in found]
 
 
 def embed_json(data: Any) -> str:

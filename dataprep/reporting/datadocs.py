@@ -62,8 +62,9 @@ padding: 2px 6px; vertical-align: top; } .alert { background: #f4f4f4; padding: 
 """
 # Font Awesome is not packaged in the version GX uses; the few status icons become characters.
 ICON_CSS = """
-.fas.fa-check-circle::before { content: "\\2714"; } .fas.fa-times::before { content: "\\2718"; }
-.fas.fa-times-circle::before { content: "\\2718"; } .fas { font-style: normal; }
+.fas.fa-check-circle::before { content: "\u2714"; color: #17772f; }
+.fas.fa-times::before, .fas.fa-times-circle::before { content: "\u2718"; color: #b00020; }
+.fas { font-style: normal; }
 """
 
 

@@ -103,7 +103,6 @@
       c.appendChild(cols);
       return c;
     }
-    if (r.m) c.appendChild(transcript(r));
     if (r.parent) {
       c.appendChild(el("div", "sub", "derived from " + r.parent + (r.diff ? "" :
         " (parent not in the embedded sample)")));
@@ -113,6 +112,7 @@
       });
       if (r.diff && !r.diff.length) c.appendChild(el("div", "muted", "identical text"));
     }
+    if (r.m) c.appendChild(transcript(r));
     return c;
   }
   function go(p) {
@@ -127,5 +127,11 @@
     document.getElementById("b-count").textContent = shown.length + " matching of " +
       recs.length + " embedded (" + data.total + " in the run)";
   }
+  // "#records" shows the browser alone (a link on the page; also what the screenshots use).
+  function only() {
+    document.body.classList.toggle("records-only", location.hash === "#records");
+  }
+  window.addEventListener("hashchange", only);
+  only();
   apply();
 })();
