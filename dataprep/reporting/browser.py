@@ -11,7 +11,8 @@ the sample then takes records round-robin over the facet combinations (split, la
 until ``max_bytes`` of JSON is reached, so every combination is shown at least once before any
 gets a second record; a second pass reads the chosen records. Long texts are cut to
 ``MAX_TEXT`` characters. Parents of shown rewrites and kept twins of shown duplicates are added
-(within a further quarter of the budget), so a rewrite can be diffed and a duplicate compared.
+(within a further quarter of the budget), so a rewrite can be diffed and a duplicate compared;
+the diffs of shown rewrites come on top (about the size of the changed turns).
 The page says how many records it holds out of how many.
 
 >>> data = browser_data("out/hotel")  # doctest: +SKIP
@@ -173,7 +174,7 @@ def browser_data(out_dir: str | Path, max_bytes: int = MAX_BYTES) -> dict[str, A
             if kind not in ("removed", "rejected", "discarded", *SPLITS):
                 kind = "rejected"
             f = _facets(kind, d)
-            groups[f].append((source, n, len(line)))
+            groups[f].append((source, n, len(line.encode("utf-8"))))
             for name, value in zip(("k", "label", "reason", "op"), f, strict=True):
                 facet_counts[name][value] += 1
             if source in SPLITS and d.get("id") is not None:
@@ -188,8 +189,8 @@ def browser_data(out_dir: str | Path, max_bytes: int = MAX_BYTES) -> dict[str, A
             if q and budget > 0:
                 source, n, size = q.pop()
                 chosen[(source, n)] = None
-                budget -= min(size, 3 * MAX_TEXT * 4)
-    entries = _read_entries(out, chosen)
+                budget -= min(size, 6 * MAX_TEXT * 3)  # what _entry keeps of a long line
+    entries = _fit(_read_entries(out, chosen), max_bytes)
     # Parents of rewrites and kept twins of duplicates, so both sides can be shown.
     have = {e.get("id") for e in entries if e["k"] in SPLITS}
     extra: dict[tuple[str, int], None] = {}
@@ -197,9 +198,7 @@ def browser_data(out_dir: str | Path, max_bytes: int = MAX_BYTES) -> dict[str, A
         for ref in (e.get("parent"), e.get("twin")):
             if ref and ref not in have and ref in where:
                 extra[where[ref]] = None
-        if len(extra) * 2000 > max_bytes // 4:
-            break
-    entries += _read_entries(out, extra)
+    entries += _fit(_read_entries(out, extra), max_bytes // 4)
     by_id = {e["id"]: e for e in entries if e["k"] in SPLITS and e.get("id")}
     for e in entries:
         parent = by_id.get(e.get("parent", ""))
@@ -209,6 +208,16 @@ def browser_data(out_dir: str | Path, max_bytes: int = MAX_BYTES) -> dict[str, A
             "facets": {k: dict(sorted(v.items(), key=lambda kv: (-kv[1], kv[0])))
                        for k, v in facet_counts.items()},
             "max_bytes": max_bytes}
+
+
+def _fit(entries: list[dict[str, Any]], max_bytes: int) -> list[dict[str, Any]]:
+    """The longest head of ``entries`` whose JSON fits in ``max_bytes``."""
+    total = 0
+    for i, e in enumerate(entries):
+        total += len(json.dumps(e, ensure_ascii=False).encode("utf-8")) + 1
+        if total > max_bytes:
+            return entries[:i]
+    return entries
 
 
 def _read_entries(out: Path, chosen: dict[tuple[str, int], None]) -> list[dict[str, Any]]:
