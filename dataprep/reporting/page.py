@@ -65,14 +65,16 @@ def token_length_histogram(out_dir: str | Path, tokenizer: Any) -> dict[str, Any
 
 
 def _histogram(lengths: dict[str, list[int]], bins: int = TOKEN_BINS) -> dict[str, Any]:
+    """Shared bins over the observed range (not from 0: short corpora would sit in a corner)."""
     everything = [n for v in lengths.values() for n in v]
-    hi = max(everything, default=1)
-    step = max(1, -(-hi // bins))  # ceil
-    edges = [i * step for i in range(bins + 1)]
+    lo, hi = min(everything, default=0), max(everything, default=1)
+    step = max(1, -(-(hi - lo + 1) // bins))  # ceil
+    lo -= lo % step  # round edges
+    edges = [lo + i * step for i in range(bins + 1)]
     counts = {s: [0] * bins for s in lengths}
     for s, values in lengths.items():
         for n in values:
-            counts[s][min(n // step, bins - 1)] += 1
+            counts[s][min((n - lo) // step, bins - 1)] += 1
     return {"edges": edges, "counts": counts,
             "summary": {s: _summary(v) for s, v in lengths.items()}}
 
