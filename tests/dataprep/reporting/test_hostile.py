@@ -39,7 +39,7 @@ def test_report_shows_hostile_values_as_text(hostile_run: Path) -> None:
     marker = '<script type="application/json" id="browser-data">'
     start = text.index(marker) + len(marker)
     data = json.loads(text[start:text.index("</script>", start)])
-    rec = next(r for r in data["records"] if r["id"] == PAYLOAD and r["label"] == PAYLOAD)
+    rec = next(r for r in data["records"] if r.get("id") == PAYLOAD and r["label"] == PAYLOAD)
     assert [m["c"].endswith(PAYLOAD) for m in rec["m"] if m["r"] != "tool"] == [True] * 3
     tool = next(m for m in rec["m"] if m["r"] == "tool")
     assert PAYLOAD in tool["p"] and PAYLOAD in tool["o"]
