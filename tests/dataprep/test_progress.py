@@ -118,3 +118,10 @@ def test_live_display_in_a_terminal_shows_totals_and_eta(repo_root: Path, tmp_pa
     # The display is gone before the summary, which starts at column 0.
     summary = [f for f in frames if "6000 input" in f]
     assert summary and summary[-1].startswith("synthetic: 6000 input"), summary
+
+
+def test_version(repo_root: Path) -> None:
+    import dataprep
+
+    res = _cli(repo_root, "--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"dataprep {dataprep.__version__}"

@@ -69,3 +69,18 @@ def test_cjk_font_found_despite_a_stale_font_cache(tmp_path: Path) -> None:
     assert "CJK" in found
     families = {f["name"] for f in json.loads(cache.read_text(encoding="utf-8"))["ttflist"]}
     assert found in families  # the rewritten cache knows it now
+
+
+def test_without_a_cjk_font_the_page_says_why_labels_are_keyed(
+        spo_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from dataprep.reporting import charts
+    from dataprep.reporting.page import rebuild_report
+
+    copy = tmp_path / "run"
+    shutil.copytree(spo_run, copy)
+    monkeypatch.setattr(charts, "find_cjk_font", lambda: None)
+    text = rebuild_report(copy).read_text(encoding="utf-8")
+    assert 'id="font-note"' in text and "apt-get install fonts-noto-cjk" in text
+    assert re.search(r"<figcaption class=\"muted\">#1 = [^<]*部件故障|#\d = 部件故障", text)
