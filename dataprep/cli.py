@@ -58,6 +58,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             line += (f"; input {inp.get('leaked', 0)} of {inp['dev_test']} "
                      f"({100 * inp.get('rate', 0):.1f}%) as shipped")
         print(line)
+    checks = manifest.get("artifacts", {}).get("expectations")
+    if checks:
+        failed = checks.get("failed") or []
+        if not failed:
+            line = "all expectations passed"
+        else:
+            names = ", ".join(f"{f['corpus']}:{f['name']}" for f in failed[:4])
+            more = f" (+{len(failed) - 4} more)" if len(failed) > 4 else ""
+            verdict = "passed with warnings" if checks.get("critical_success") else "FAILED"
+            line = f"{verdict}: {names}{more}"
+        if checks.get("data_docs"):
+            line += f"; Data Docs {out / checks['data_docs']}"
+        print(f"  checks:   {line}")
     report = manifest.get("artifacts", {}).get("report")
     if report:
         print(f"  report:   {report}")

@@ -23,6 +23,7 @@ stream together are named together (``balance → augment → write``).
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -138,7 +139,11 @@ class RunProgress:
 
 
 class LogProgress(RunProgress):
-    """Plain lines for logs: no colour, no cursor movement, nothing rewritten in place."""
+    """Plain lines for logs: no colour, no cursor movement, nothing rewritten in place.
+
+    A stage that needs every record works for a while without passing any on; a background
+    thread then still writes a status line every ``interval`` seconds, so a log never goes quiet
+    for longer than that."""
 
     def __init__(self, verbosity: int = 1, stream: TextIO | None = None,
                  interval: float = LOG_INTERVAL) -> None:
@@ -146,10 +151,33 @@ class LogProgress(RunProgress):
         self.stream = stream or sys.stderr
         self.interval = interval
         self._last_line = time.monotonic()  # the first status line comes after one interval
+        self._step: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if interval > 0 and verbosity >= 1:
+            self._thread = threading.Thread(target=self._heartbeat, daemon=True)
+            self._thread.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.interval / 2):
+            if time.monotonic() - self._last_line < self.interval:
+                continue
+            if self._step is not None:
+                self._last_line = time.monotonic()
+                self.line(f"{self._step} …")
+            elif self.current is not None:
+                self.on_tick(self.current)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
     def line(self, text: str) -> None:
         if self.verbosity >= 1:
-            print(f"[dataprep] {text}", file=self.stream, flush=True)
+            with self._lock:  # the heartbeat thread writes too; one whole line at a time
+                print(f"[dataprep] {text}", file=self.stream, flush=True)
 
     def _status(self, i: int) -> str:
         done, total = self.out[i], self.total(i)
@@ -180,6 +208,7 @@ class LogProgress(RunProgress):
             self.line(self._status(i))
 
     def on_step(self, name: str) -> None:
+        self._step = name
         now = time.monotonic()
         if self.verbosity >= 2 or now - self._last_line >= self.interval:
             self._last_line = now

@@ -125,3 +125,18 @@ def test_version(repo_root: Path) -> None:
 
     res = _cli(repo_root, "--version")
     assert res.returncode == 0 and res.stdout.strip() == f"dataprep {dataprep.__version__}"
+
+
+def test_log_goes_on_while_a_stage_works_without_output() -> None:
+    buf = io.StringIO()
+    p = LogProgress(verbosity=1, stream=buf, interval=0.2)
+
+    def barrier(records):  # like dedup: swallows everything, works, then passes records on
+        items = list(records)
+        time.sleep(1.0)
+        yield from items
+
+    assert len(list(p.track("dedup", barrier(p.track("read", range(30)))))) == 30
+    p.close()
+    lines = buf.getvalue().splitlines()
+    assert sum(line.startswith("[dataprep] dedup: 0/30 records") for line in lines) >= 2, lines
