@@ -49,10 +49,10 @@ def _cjk_font_files() -> list[str]:
 
 @pytest.mark.skipif(not _cjk_font_files(), reason="needs a CJK font file (apt-get install "
                     "fonts-noto-cjk; .ci/run installs it before the tests)")
-def test_cjk_font_found_despite_a_stale_font_cache(tmp_path: Path) -> None:
+def test_cjk_font_found_despite_a_stale_font_cache(tmp_path: Path, repo_root: Path) -> None:
     """A cache written before the font was installed lists no CJK family: the font is still
     found, and the cache is rewritten so that the next process knows it."""
-    env = dict(os.environ, MPLCONFIGDIR=str(tmp_path), PYTHONPATH=os.getcwd())
+    env = dict(os.environ, MPLCONFIGDIR=str(tmp_path), PYTHONPATH=str(repo_root))
     stale = ("from matplotlib import font_manager as fm, get_cachedir\n"
              "fm.fontManager.ttflist = [f for f in fm.fontManager.ttflist if 'CJK' not in "
              "f.name and 'CJK' not in f.fname]\n"
@@ -62,7 +62,7 @@ def test_cjk_font_found_despite_a_stale_font_cache(tmp_path: Path) -> None:
     cache = Path(subprocess.run([sys.executable, "-c", stale], env=env, capture_output=True,
                                 text=True, check=True).stdout.strip())
     assert "CJK" not in cache.read_text(encoding="utf-8")
-    probe = ("from dataprep.reporting.fonts import find_cjk_font, _known\n"
+    probe = ("from dataprep.reporting.fonts import find_cjk_font\n"
              "print(find_cjk_font())\n")
     found = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
                            text=True, check=True).stdout.strip()
