@@ -100,7 +100,7 @@ def _row(d: dict[str, Any], split: str, tokenizer: Any) -> dict[str, Any]:
         "max_chars": max((len(t) for t in texts), default=0),
         "total_chars": sum(len(t) for t in texts),
         "has_tool_call": int("tool" in roles),
-        "is_copy": int(bool((d.get("lineage") or {}).get("parent_id"))
+        "is_derived": int(bool((d.get("lineage") or {}).get("parent_id"))
                        or "balance_upsample" in ops),
         **{f"is_{s}": int(s == split) for s in SPLITS},
     }
@@ -276,14 +276,14 @@ class Expectations(Stage):
             exps.append(gxe.ExpectColumnMeanToBeBetween(
                 column="has_tool_call", min_value=lo, max_value=hi,
                 severity=sev("tool_call_rate"), meta=meta("tool_call_rate")))
-        originals = int((frame["is_copy"] == 0).sum())
+        originals = int((frame["is_derived"] == 0).sum())
         slack = self.split_tolerance + (1.0 / originals if originals else 0.0)
         for split, ratio in zip(SPLITS, ratios, strict=True):
             name = f"split_share_{split}"
             exps.append(gxe.ExpectColumnMeanToBeBetween(
                 column=f"is_{split}", min_value=max(0.0, round(ratio - slack, 6)),
                 max_value=min(1.0, round(ratio + slack, 6)),
-                row_condition="is_copy == 0", condition_parser="pandas",
+                row_condition="is_derived == 0", condition_parser="pandas",
                 severity=sev(name), meta=meta(name, configured_ratio=round(ratio, 6))))
         return exps
 
