@@ -284,6 +284,9 @@ def rebuild_report(out_dir: str | Path) -> Path:
         "removed_total": sum(counts["removed"].values()),
         "identity_left": left, "identity_right": counts["train"] + counts["dev"] + counts["test"],
         "stage_rows": _stage_rows(manifest, rejects), "rejects": rejects,
+        "post_run": [{"name": s.get("name"), "options": s.get("options") or {},
+                      "seconds": ((manifest.get("seconds") or {}).get("post_run") or {}).get(
+                          s.get("name"))} for s in manifest.get("post_run") or []],
         "clean": stats.get("clean"), "validate": stats.get("validate"), "balance": balance,
         "dedup_stats": _readable(stats.get("dedup") or {}), "n_clusters": n_clusters,
         "clusters": clusters,
