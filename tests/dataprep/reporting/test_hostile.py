@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 from tests.dataprep.reporting.conftest import PAYLOAD
@@ -29,6 +30,9 @@ def test_data_docs_show_hostile_values_as_text(hostile_run: Path) -> None:
         assert SCRIPT not in text and IMG not in text, page
     validation = next(p for p in pages if "validations" in p.parts).read_text(encoding="utf-8")
     assert html.escape(PAYLOAD, quote=True) in validation  # shown, as text
+    # A critical failure (the duplicate id) keeps GX's "Failed": only warnings are softened.
+    assert re.search(r"Status:</span>\s*<i[^>]*></i>\s*Failed", validation)
+    assert "data-dataprep-status" not in validation
 
 
 def test_report_shows_hostile_values_as_text(hostile_run: Path) -> None:
