@@ -1,10 +1,10 @@
 """``report``: one self-contained HTML page per run (``OUT/report/index.html``).
 
 Everything on the page comes from the finished run folder (see :mod:`dataprep.reporting.page`),
-which is what lets ``dataprep report OUT`` rebuild it later and why the stage does its work in
-``after_manifest``. The one thing the folder cannot give is token counts (the tokenizer is not
-part of it), so the stage's ``finish`` puts a token-length histogram of the written splits into
-the manifest when the run has a tokenizer.
+which is what lets ``dataprep report OUT`` rebuild it later and why it is a post-run step. The
+one thing the folder cannot give is token counts (the tokenizer is not part of it), so the step
+first puts a token-length histogram of the written splits into the manifest when the run has a
+tokenizer, then renders the page from the manifest as rewritten.
 
 >>> rebuild_report("out/spo")  # doctest: +SKIP
 PosixPath('out/spo/report/index.html')
@@ -12,28 +12,23 @@ PosixPath('out/spo/report/index.html')
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any
-
 from dataprep.reporting.page import REPORT_DIR, rebuild_report, token_length_histogram
-from dataprep.stages.base import RunContext, Stage
+from dataprep.stages.base import FinishedRun, PostRunStep
 
 __all__ = ["Report", "rebuild_report", "token_length_histogram"]
 
 
-class Report(Stage):
-    """No options. Put it anywhere in the stage list (it passes records through); the page is
-    built after ``manifest.json`` is written."""
+class Report(PostRunStep):
+    """A post-run step without options; the page is built from the finished run folder.
+    Resources: the tokenizer (a token-length histogram, when the run has one)."""
 
     name = "report"
+    uses = ("tokenizer",)
 
-    def run(self, records: Iterable[Any], ctx: RunContext) -> Iterator[Any]:
-        yield from records
-
-    def finish(self, ctx: RunContext) -> None:
-        ctx.artifacts["report"] = str(ctx.out_dir / REPORT_DIR / "index.html")
-        if ctx.tokenizer_path:
-            ctx.artifacts["token_lengths"] = token_length_histogram(ctx.out_dir, ctx.tokenizer)
-
-    def after_manifest(self, ctx: RunContext, manifest: dict[str, Any]) -> None:
-        rebuild_report(ctx.out_dir)
+    def run(self, run: FinishedRun) -> None:
+        self.stats.artifacts["report"] = str(run.out_dir / REPORT_DIR / "index.html")
+        if self.resources.tokenizer_path:
+            self.stats.artifacts["token_lengths"] = token_length_histogram(
+                run.out_dir, self.resources.tokenizer)
+        run.publish(self.stats)  # the page is built from manifest.json: put them there first
+        rebuild_report(run.out_dir)
