@@ -20,6 +20,9 @@ READERS: dict[str, str] = {
     "lab_dialog": "dataprep.readers.lab:LabDialogReader",
     "lab_chatglm3": "dataprep.readers.lab:LabChatGLM3Reader",
     "chatglm3": "dataprep.readers.chatglm3:ChatGLM3Reader",
+    "sharegpt": "dataprep.readers.sharegpt:ShareGPTReader",
+    "openai_chat": "dataprep.readers.openai_chat:OpenAIChatReader",
+    "glm4": "dataprep.readers.glm4:GLM4Reader",
 }
 
 STAGES: dict[str, str] = {
