@@ -36,6 +36,28 @@ def exporter(fmt: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+def parse_formats(formats: Any) -> list[tuple[str, dict[str, Any]]]:
+    """``[llamafactory, {name: openai, with_id: true}]`` -> [(format, options)], checked.
+
+    >>> parse_formats(["openai", {"name": "llamafactory", "call_style": "official"}])
+    [('openai', {}), ('llamafactory', {'call_style': 'official'})]
+    """
+    if not isinstance(formats, list):
+        raise ConfigError(f"write: formats must be a list of format names, got {formats!r}")
+    out = []
+    for item in formats:
+        if isinstance(item, dict):
+            options = dict(item)
+            name = options.pop("name", None)
+        else:
+            name, options = item, {}
+        if name not in EXPORTERS:
+            raise ConfigError(f"write: unknown export format {name!r}; available: "
+                              f"{', '.join(sorted(EXPORTERS))}")
+        out.append((name, options))
+    return out
+
+
 def export_splits(fmt: str, splits: Mapping[str, Iterable[Conversation]], out_dir: str | Path,
                   **options: Any) -> ExportReport:
     """Write ``splits`` (split name -> conversations) as ``fmt`` under ``out_dir``."""

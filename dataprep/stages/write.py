@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from dataprep import schema
 from dataprep.io import AtomicWriter, dumps
@@ -13,15 +14,21 @@ from dataprep.stages.split import SPLITS
 
 class Write(Stage):
     """Options: ``lineage`` (also write id/lineage/label keys; the official loaders ignore extra
-    keys, and they let ``dataprep report`` trace every line back to its source)."""
+    keys, and they let ``dataprep report`` trace every line back to its source); ``formats``
+    (also export the splits to ``OUT/export/FORMAT``: a list of format names, or of
+    ``{name: FORMAT, OPTION: VALUE}``; see ``dataprep.export``)."""
 
     name = "write"
 
-    def __init__(self, lineage: bool = True) -> None:
+    def __init__(self, lineage: bool = True, formats: list[Any] | None = None) -> None:
+        from dataprep.export import parse_formats
+
         self.lineage = lineage
+        self.formats = parse_formats(formats or [])
 
     def run(self, records: Iterable[Conversation], ctx: RunContext) -> Iterator[Conversation]:
         writers = {s: AtomicWriter(ctx.out_dir / f"{s}.jsonl") for s in SPLITS}
+        kept: dict[str, list[Conversation]] = {s: [] for s in SPLITS}
         handles = {s: w.__enter__() for s, w in writers.items()}
         ok = False
         try:
@@ -38,8 +45,18 @@ class Write(Stage):
                     continue
                 handles[rec.split].write(dumps(line) + "\n")
                 ctx.counts.splits[rec.split] += 1
+                if self.formats:
+                    kept[rec.split].append(rec)
                 yield rec
             ok = True
         finally:
             for w in writers.values():
                 w.__exit__(None if ok else RuntimeError, None, None)
+        if self.formats:
+            from dataprep.export import export_splits
+
+            exports = ctx.artifacts.setdefault("exports", {})
+            for fmt, options in self.formats:
+                rep = export_splits(fmt, kept, ctx.out_dir / "export" / fmt, **options)
+                exports[fmt] = {"out_dir": rep.out_dir, "written": dict(rep.written),
+                                "dropped": dict(rep.dropped), "changed": dict(rep.changed)}
