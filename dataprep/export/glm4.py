@@ -82,7 +82,7 @@ def to_glm4(conv: Conversation, report: ExportReport) -> dict[str, Any]:
         first["tools"] = [openai_tool(t) for t in conv.tools]
         out.append(first)
     segments = list(call_groups(msgs[start:]))
-    for n, (i, group) in enumerate(segments):
+    for n, (_, group) in enumerate(segments):
         m = group[0]
         if m.role != "tool":
             if m.role == "assistant" and looks_like_call(m.content or ""):
