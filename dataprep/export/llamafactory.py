@@ -52,6 +52,7 @@ from dataprep.export.common import (
 )
 from dataprep.io import AtomicWriter, write_json_atomic
 from dataprep.record import Conversation, Message
+from dataprep.tool_call import render_tool_call
 
 TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
         "observation_tag": "observation", "function_tag": "function_call",
@@ -101,8 +102,6 @@ What the model learns as a tool call (call_style: {call_style})
 
 def _call_turn(batch: list[Message], style: str) -> dict[str, Any]:
     if style == "official":
-        from trainer_plugin.encoding import render_tool_call
-
         return {"from": "gpt", "value": render_tool_call(batch[0].name, batch[0].parameters)}
     calls = [{"name": c.name, "arguments": c.parameters} for c in batch]
     return {"from": "function_call",

@@ -25,6 +25,7 @@ from dataprep.errors import ConfigError
 from dataprep.export.common import decode_observation
 from dataprep.readers.chat_common import BadRecord, ChatReader, call_from_json, parse_tools
 from dataprep.record import Message
+from dataprep.tool_call import parse_tool_call
 
 DEFAULT_TAGS = {"messages": "conversations", "system": "system", "tools": "tools",
                 "role_tag": "from", "content_tag": "value", "user_tag": "human",
@@ -53,8 +54,6 @@ class ShareGPTReader(ChatReader):
         self.tags = {**DEFAULT_TAGS, **{k: str(v) for k, v in options.items()}}
 
     def _official_call(self, text: str) -> tuple[str, dict[str, Any]] | None:
-        from trainer_plugin.encoding import parse_tool_call
-
         return parse_tool_call(text) if self.call_style == "official" else None
 
     def messages(self, value: dict[str, Any]

@@ -174,8 +174,8 @@ def test_chatglm3_writes_parallel_groups_as_consecutive_tool_messages(tmp_path: 
 
 
 def test_the_trainer_encodes_a_parallel_group_as_back_to_back_calls(tokenizer_dir: Path) -> None:
+    from dataprep.tokenizer import load_tokenizer
     from trainer_plugin.encoding import encode_conversation
-    from trainer_plugin.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
     sample = PARALLEL.to_chatglm3(with_lineage=False)
