@@ -150,6 +150,16 @@ def test_llamafactory_official_call_style_and_note(tmp_path: Path) -> None:
     assert info["dataprep_train"]["file_name"] == "train.jsonl"
 
 
+def test_a_string_observation_that_reads_as_json_is_counted(tmp_path: Path) -> None:
+    ambiguous = conv("ambiguous", Message("user", "a"), call(obs="[1, 2]"),
+                     Message("assistant", "b"))
+    back, report = _roundtrip("openai", [ambiguous], tmp_path)
+    assert report.changed["string_observation_looks_like_json"] == 1
+    assert back[0].messages[1].observation == [1, 2]  # what the count warns about
+    raw = list(reader_class("openai_chat")(tmp_path / "train.jsonl", observation_json=False).read())
+    assert raw[0].messages[1].observation == "[1, 2]"
+
+
 def test_openai_drops_an_observation_without_call_with_a_reason(tmp_path: Path) -> None:
     bare = conv("bare", Message("user", "a"), Message("assistant", "b"),
                 Message("observation", "c"), Message("assistant", "d"))

@@ -56,6 +56,18 @@ def test_llamafactory_converter_accepts_the_export(lf: tuple, real_runs: dict[st
     assert (calls > 4000) == (corpus == "hotel")
 
 
+@pytest.mark.slow
+def test_llamafactory_converter_accepts_official_call_style(lf: tuple, real_runs: dict[str, Path],
+                                                           tmp_path: Path) -> None:
+    interop, modules = lf
+    export_run(real_runs["hotel"], "llamafactory", tmp_path, call_style="official")
+    results = interop.check_export(tmp_path, modules)
+    assert all(r["usable"] == r["total"] > 0 for r in results.values())
+    assert sum(r["calls_formatted"] for r in results.values()) == 0  # calls are gpt turns now
+    line = json.loads((tmp_path / "train.jsonl").open(encoding="utf-8").readline())
+    assert any("tool_call(" in t["value"] for t in line["conversations"] if t["from"] == "gpt")
+
+
 def test_the_check_names_samples_that_llamafactory_skips(lf: tuple, tmp_path: Path) -> None:
     """The control: a sample in the old shape (our single tool message as a turn, as before this
     export existed) and one that ends on the user are reported skipped, with LLaMA-Factory's

@@ -10,8 +10,10 @@ import jsonschema
 import pytest
 from pydantic import ConfigDict, TypeAdapter
 
+from dataprep.config import config_from_dict
 from dataprep.export import export_run
 from dataprep.export.common import read_run
+from dataprep.pipeline import Pipeline
 from dataprep.record import Conversation
 from dataprep.registry import reader_class
 
@@ -125,3 +127,30 @@ def test_hf_export_loads_with_datasets(real_runs: dict[str, Path], tmp_path: Pat
     original = read_run(real_runs["hotel"])["dev"]
     rebuilt = [conversation_from_row(r) for r in parquet["dev"]]
     assert [c.to_chatglm3() for c in rebuilt] == [c.to_chatglm3() for c in original]
+
+
+@pytest.mark.slow
+def test_exported_chat_data_goes_through_the_quality_pipeline(real_runs: dict[str, Path],
+                                                              hotel_db_path: Path,
+                                                              tmp_path: Path) -> None:
+    """Chat data in another format (here our own hotel export) runs clean -> validate -> dedup ->
+    split -> write like any corpus, with every record accounted for; ``write`` exports again."""
+    export_run(real_runs["hotel"], "openai", tmp_path / "openai")
+    export_run(real_runs["hotel"], "llamafactory", tmp_path / "lf")
+    config = config_from_dict({
+        "name": "imported", "seed": 7, "hotel_db": str(hotel_db_path),
+        "inputs": [{"reader": "openai_chat", "path": str(tmp_path / "openai" / "dev.jsonl"),
+                    "corpus": "hotel"},
+                   {"reader": "sharegpt", "path": str(tmp_path / "lf" / "test.jsonl"),
+                    "corpus": "hotel"}],
+        "stages": ["clean", "validate", "dedup", "split",
+                   {"name": "write", "formats": ["glm4", {"name": "openai", "with_id": True}]}]})
+    manifest = Pipeline(config).run(tmp_path / "run", progress=False)
+    c = manifest["counts"]
+    n_in = sum(len(read_run(real_runs["hotel"])[s]) for s in ("dev", "test"))
+    assert c["input"] == n_in and not c["rejected"]  # validate finds nothing wrong in them
+    assert c["input"] - sum(c["removed"].values()) == c["train"] + c["dev"] + c["test"]
+    exports = manifest["artifacts"]["exports"]
+    assert exports["glm4"]["written"] == {s: c[s] for s in ("train", "dev", "test")}
+    first = json.loads((tmp_path / "run" / "export" / "openai" / "train.jsonl").open().readline())
+    assert first["id"] in (tmp_path / "run" / "train.jsonl").read_text(encoding="utf-8")
