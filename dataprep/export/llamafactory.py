@@ -11,21 +11,24 @@ JSON (a list for parallel calls) and ``tools`` is a JSON string.
 How our record maps, and what is counted in ``export_report.json``:
 
 - a tool message (call + observation) -> a ``function_call`` turn, then an ``observation`` turn
-  (non-string observations as JSON text; a missing one as ``null``, counted
-  ``call_without_observation_written_as_null``, unless the call ends the sample);
+  (non-string observations as JSON text). A call without observation before the next turn gets
+  the observation ``null`` (as ChatGLM3's tokenizer renders it) and the extra key
+  ``no_observation`` (counted ``call_without_observation_written_as_null``);
 - an assistant "thought" right before a call cannot be its own turn (two assistant-side turns in a
   row). ``thought: keep`` (default) carries it in the call turn's extra ``thought`` key, which
   LLaMA-Factory ignores and our ``sharegpt`` reader restores: counted ``thought_not_trained``.
   ``thought: drop`` drops it (``thought_dropped``);
 - parallel calls: ``parallel: split`` (default) writes them as consecutive call/observation pairs,
   because the ``chatglm3``/``glm4`` templates refuse a list of calls (``parallel_calls_split``);
+  the second and later carry the extra key ``parallel: true`` so that our reader regroups them;
   ``parallel: list`` writes one ``function_call`` turn holding the list and one observation turn
   holding the JSON list of their observations;
 - ``loss: false`` has no per-turn equivalent (LLaMA-Factory trains every assistant-side turn):
   kept as an extra ``loss`` key for our reader, counted ``loss_mask_not_expressible``;
-- a sample that ends on an observation loses it (``trailing_observation_dropped``; an observation
-  is never trained, so the sample trains the same); two assistant texts in a row are joined with a
-  newline (``consecutive_assistant_merged``);
+- a sample must end on the call, so an observation that ends it moves into the call turn's extra
+  ``final_observation`` key (``trailing_observation_moved``; observations are never trained, so
+  the sample trains the same); two assistant texts in a row are joined with a newline
+  (``consecutive_assistant_merged``, the one lossy change);
 - dropped and counted: a system message that is not first (``system_not_first``) and any sample
   that still breaks the alternation (``breaks_alternation``, ``odd_turn_count``).
 
@@ -94,8 +97,9 @@ What the model learns as a tool call (call_style: {call_style})
   official layout, train on the chatglm3 export with dataprep-train.
 - The `chatglm3`/`glm4` templates accept one call per function_call turn; parallel calls are
   written as consecutive call/observation pairs unless `--option parallel=list`.
-- Extra keys (`id`, `thought`, `loss`) are ignored by LLaMA-Factory and restore our records when
-  read back with `dataprep convert --from sharegpt`. Thoughts before calls and `loss: false` are
+- Extra keys (`id`, `thought`, `loss`, `parallel`, `final_observation`, `no_observation`) are
+  ignored by LLaMA-Factory and restore our records when read back with
+  `dataprep convert --from sharegpt`. Thoughts before calls and `loss: false` are
   NOT trained by LLaMA-Factory: see export_report.json for the counts.
 """
 
@@ -164,6 +168,8 @@ def to_sharegpt(conv: Conversation, report: ExportReport, opts: Mapping[str, Any
                           "parallel calls written as consecutive call/observation pairs")
         for b, batch in enumerate(batches):
             turn = _call_turn(batch, opts["call_style"])
+            if b > 0:
+                turn["parallel"] = True  # split from one group: our reader regroups it
             if thought is not None and b == 0:
                 turn["thought"] = thought["value"]
                 if "loss" in thought:
@@ -171,30 +177,33 @@ def to_sharegpt(conv: Conversation, report: ExportReport, opts: Mapping[str, Any
             losses = {c.loss for c in batch}
             loss = losses.pop() if len(losses) == 1 else False
             turns.append(_with_loss(turn, loss, report, conv.id))
-            final = n == len(segments) - 1 and b == len(batches) - 1
             observations = [c.observation for c in batch]
-            if final:
-                if not all(missing(o) for o in observations):
-                    report.change("trailing_observation_dropped", conv.id,
-                                  "the sample ended on an observation; dropped so that it ends "
-                                  "on the call (observations are never trained)")
+            absent = [k for k, o in enumerate(observations) if missing(o)]
+            if len(absent) == len(batch) and n == len(segments) - 1:
+                continue  # the sample ends on an unanswered call: nothing to write
+            for k in absent:
+                observations[k] = None
+            for o in observations:
+                check_observation(report, conv.id, o)
+            value = (observation_text(observations[0]) if len(batch) == 1
+                     else json.dumps(observations, ensure_ascii=False))
+            if n == len(segments) - 1 and b == len(batches) - 1:
+                # An even turn count is required, so the sample must end on the call. The
+                # observation is never trained; it rides along for our reader.
+                turn["final_observation"] = value
+                if absent:
+                    turn["no_observation"] = absent
+                report.change("trailing_observation_moved", conv.id,
+                              "the sample ended on an observation; it is kept in the call turn's "
+                              "extra 'final_observation' key so that the sample ends on the call")
                 continue
-            if len(batch) == 1:
-                obs = observations[0]
-                if missing(obs):
-                    report.change("call_without_observation_written_as_null", conv.id,
-                                  "a call with no observation before the next turn; written as "
-                                  "the observation 'null' (as ChatGLM3's tokenizer renders it)")
-                    obs = None
-                check_observation(report, conv.id, obs)
-                value = observation_text(obs)
-            else:
-                if any(missing(o) for o in observations):
-                    report.change("call_without_observation_written_as_null", conv.id,
-                                  "a parallel call with no observation; null in the list")
-                value = json.dumps([None if missing(o) else o for o in observations],
-                                   ensure_ascii=False)
-            turns.append({"from": "observation", "value": value})
+            obs_turn: dict[str, Any] = {"from": "observation", "value": value}
+            if absent:
+                obs_turn["no_observation"] = absent
+                report.change("call_without_observation_written_as_null", conv.id,
+                              "a call with no observation before the next turn: LLaMA-Factory sees "
+                              "the observation 'null' (as ChatGLM3's tokenizer renders it)")
+            turns.append(obs_turn)
     body = turns[1:] if turns and turns[0]["from"] == "system" else turns
     for k, turn in enumerate(body):
         expected = EVEN if k % 2 == 0 else ODD

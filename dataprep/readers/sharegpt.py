@@ -11,7 +11,9 @@ system prompt; default ``system``), ``tools`` (default ``tools``), ``role_tag``,
   one observation per call). A call with no observation turn after it keeps none.
 - An ``observation`` turn that answers no call becomes an ``observation`` message.
 - Extra keys written by ``dataprep export --to llamafactory`` are restored: ``id``, ``loss``,
-  ``thought`` (the assistant text before a call) and ``thought_loss``.
+  ``thought`` (the assistant text before a call), ``thought_loss``, ``parallel`` (a call split
+  from the group of the call before it), ``final_observation`` (the observation of a call that
+  ends the sample) and ``no_observation`` (indices of calls that had none).
 - ``call_style: official`` also reads ``gpt`` turns holding ChatGLM3's own call text
   (``name\\n```python\\ntool_call(...)\\n````) as calls; they are parsed with ``ast``, never run.
 """
@@ -55,6 +57,24 @@ class ShareGPTReader(ChatReader):
 
     def _official_call(self, text: str) -> tuple[str, dict[str, Any]] | None:
         return parse_tool_call(text) if self.call_style == "official" else None
+
+    def _observe(self, calls: list[Message], text: str, turn: dict[str, Any], where: str) -> None:
+        """Give ``calls`` their observations from one observation text."""
+        if len(calls) == 1:
+            values = [decode_observation(text, self.observation_json)]
+        else:
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError:
+                values = None
+            if not isinstance(values, list) or len(values) != len(calls):
+                raise BadRecord("malformed_observation",
+                                f"{where}: expected a JSON list of {len(calls)} observations, "
+                                "one per parallel call")
+        absent = turn.get("no_observation") or []
+        for k, (call, obs) in enumerate(zip(calls, values, strict=True)):
+            if k not in absent:
+                call.observation = obs
 
     def messages(self, value: dict[str, Any]
                  ) -> tuple[list[Message], list[dict[str, Any]] | None]:
@@ -102,26 +122,19 @@ class ShareGPTReader(ChatReader):
                                         f"not JSON ({e.msg})") from e
                     items = parsed if isinstance(parsed, list) else [parsed]
                     calls = [call_from_json(c, f"{where}/{k}") for k, c in enumerate(items)]
+                split_off = turn.get("parallel") is True
                 pending = [Message("tool", name=name, parameters=args, loss=loss,
-                                   parallel=True if k else None)
+                                   parallel=True if k or split_off else None)
                            for k, (name, args) in enumerate(calls)]
                 out.extend(pending)
+                if isinstance(turn.get("final_observation"), str):
+                    self._observe(pending, turn["final_observation"], turn, where)
+                    pending = []
             elif role == t["observation_tag"]:
                 if not pending:
                     out.append(Message("observation", content, loss=loss))
-                elif len(pending) == 1:
-                    pending[0].observation = decode_observation(content, self.observation_json)
                 else:
-                    try:
-                        values = json.loads(content)
-                    except json.JSONDecodeError:
-                        values = None
-                    if not isinstance(values, list) or len(values) != len(pending):
-                        raise BadRecord("malformed_observation",
-                                        f"{where}: expected a JSON list of {len(pending)} "
-                                        "observations, one per parallel call")
-                    for call, obs in zip(pending, values, strict=True):
-                        call.observation = obs
+                    self._observe(pending, content, turn, where)
                 pending = []
             else:
                 raise BadRecord("unsupported_role", f"{where}/{t['role_tag']}: unknown tag "

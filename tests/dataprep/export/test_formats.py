@@ -108,8 +108,9 @@ def test_llamafactory_default_splits_parallel_calls_for_the_glm4_tool_format(tmp
     line = json.loads((tmp_path / "train.jsonl").read_text())
     assert [t["from"] for t in line["conversations"]] == [
         "human", "function_call", "observation", "function_call", "observation", "gpt"]
-    # Same calls and observations, now sequential.
-    assert [m.parallel for m in back[0].messages if m.role == "tool"] == [None, None]
+    # LLaMA-Factory trains them as sequential calls; the extra key regroups them for our reader.
+    assert [t.get("parallel") for t in line["conversations"]] == [None] * 3 + [True] + [None] * 2
+    assert _dicts(back[0]) == _dicts(PARALLEL)
 
 
 def test_llamafactory_counts_what_it_cannot_express(tmp_path: Path) -> None:
@@ -125,12 +126,16 @@ def test_llamafactory_counts_what_it_cannot_express(tmp_path: Path) -> None:
     assert report.written == {"train": 3}
     assert report.dropped == {"system_not_first": 1, "breaks_alternation": 1}
     assert report.examples["breaks_alternation"] == ["starts_assistant"]
-    assert report.changed["trailing_observation_dropped"] == 1
+    assert report.changed["trailing_observation_moved"] == 1
     assert report.changed["consecutive_assistant_merged"] == 1
     saved = json.loads((tmp_path / "export_report.json").read_text())
     assert saved["dropped"]["system_not_first"]["examples"] == ["mid_system"]
     lines = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
+    # It must end on the call; the observation rides along in an extra key, so nothing is lost.
     assert [t["from"] for t in lines[0]["conversations"]] == ["human", "function_call"]
+    assert lines[0]["conversations"][1]["final_observation"] == "[1]"
+    back = list(reader_class("sharegpt")(tmp_path / "train.jsonl").read())
+    assert _dicts(back[0]) == _dicts(ends_on_call)
     assert lines[1]["conversations"][1]["value"] == "b\nc"
 
 
