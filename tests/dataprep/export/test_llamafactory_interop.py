@@ -90,3 +90,23 @@ def test_the_check_names_samples_that_llamafactory_skips(lf: tuple, tmp_path: Pa
     assert r["total"] == 3 and r["usable"] == 1
     assert {s["id"]: s["why"] for s in r["skipped"]} == {"old": "Invalid role tag",
                                                          "odd": "Invalid message count"}
+
+
+def test_llamafactory_loads_samples_carrying_our_extra_keys(lf: tuple, tmp_path: Path) -> None:
+    """Every extra key (thought, loss, parallel, no_observation, final_observation) at once in
+    one file: ``datasets`` must infer one schema and the converter must accept every sample."""
+    from dataprep.export import export_splits
+    from dataprep.record import Message
+
+    from .test_formats import MASKED, PARALLEL, PLAIN, SEQUENTIAL, call, conv
+
+    unanswered = conv("unanswered", Message("user", "找"), call(), Message("assistant", "没查到"),
+                      Message("user", "再找"), call(obs=[1]))
+    interop, modules = lf
+    for options in ({}, {"parallel": "list"}):
+        export_splits("llamafactory", {"train": [PARALLEL, SEQUENTIAL, MASKED, PLAIN, unanswered]},
+                      tmp_path, **options)
+        r = interop.check_export(tmp_path, modules)["dataprep_train"]
+        assert r["usable"] == r["total"] == 5
+        # The glm4 tool format refuses a list of calls: the reason `parallel: split` is default.
+        assert len(r["call_format_errors"]) == (1 if options else 0)
