@@ -131,6 +131,14 @@ def check_observation(report: ExportReport, rec_id: str, value: Any) -> None:
                       "a string observation that parses as JSON; readers decode it into a value")
 
 
+def check_sample_weight(report: ExportReport, conv: Conversation) -> None:
+    """The balance stage's per-sample ``weight`` has no field in the chat formats."""
+    if conv.weight is not None and conv.weight != 1:
+        report.change("sample_weight_not_expressible", conv.id,
+                      "a sample weight from the balance stage; the target has no per-sample "
+                      "weight (written once, unweighted)")
+
+
 # -- tool calls ---------------------------------------------------------------------------------
 def call_groups(messages: list[Message]) -> Iterator[tuple[int, list[Message]]]:
     """(index of the first message, messages) per segment: a run of parallel tool calls is one

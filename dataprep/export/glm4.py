@@ -34,6 +34,7 @@ from dataprep.export.common import (
     ExportReport,
     call_groups,
     check_observation,
+    check_sample_weight,
     missing,
     observation_text,
     openai_tool,
@@ -68,6 +69,7 @@ def _loss(d: dict[str, Any], loss: bool | None, report: ExportReport, rec_id: st
 
 def to_glm4(conv: Conversation, report: ExportReport) -> dict[str, Any]:
     """One GLM-4 fine-tuning line (every conversation can be written; see module docstring)."""
+    check_sample_weight(report, conv)
     out: list[dict[str, Any]] = []
     msgs = conv.messages
     start = 0

@@ -48,6 +48,7 @@ from dataprep.export.common import (
     Skip,
     call_groups,
     check_observation,
+    check_sample_weight,
     missing,
     observation_text,
     take_options,
@@ -126,6 +127,7 @@ def _with_loss(turn: dict[str, Any], loss: bool | None, report: ExportReport, re
 def to_sharegpt(conv: Conversation, report: ExportReport, opts: Mapping[str, Any]
                 ) -> dict[str, Any]:
     """One sharegpt line; raises :class:`Skip` when LLaMA-Factory's rules cannot be met."""
+    check_sample_weight(report, conv)
     msgs = conv.messages
     segments = list(call_groups(msgs))
     turns: list[dict[str, Any]] = []

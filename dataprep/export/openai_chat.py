@@ -27,6 +27,7 @@ from dataprep.export.common import (
     Skip,
     call_groups,
     check_observation,
+    check_sample_weight,
     missing,
     observation_text,
     openai_tool,
@@ -51,6 +52,7 @@ def to_openai(conv: Conversation, report: ExportReport, with_id: bool = False) -
     >>> to_openai(c, ExportReport("openai", "."))["messages"][1]
     {'role': 'assistant', 'content': 'yo', 'weight': 0}
     """
+    check_sample_weight(report, conv)
     out: list[dict[str, Any]] = []
     n_calls = 0
     prev_text: dict[str, Any] | None = None  # the assistant text message just written

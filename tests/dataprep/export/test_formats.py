@@ -250,3 +250,12 @@ def test_cli_export_prints_the_report(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["export", str(run), "--to", "openai", "--option", "nope=1"]) == 2
     assert "unknown option(s) ['nope']" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "missing"), "--to", "openai"]) == 2
+
+
+@pytest.mark.parametrize("fmt", ["llamafactory", "openai", "glm4"])
+def test_a_balance_weight_is_counted_where_the_target_has_none(fmt: str, tmp_path: Path) -> None:
+    weighted = conv("weighted", Message("user", "问"), Message("assistant", "答"), tools=None)
+    weighted.weight = 2.5
+    report = export_splits(fmt, {"train": [weighted, PLAIN]}, tmp_path)
+    assert report.changed == {"sample_weight_not_expressible": 1}
+    assert report.examples["sample_weight_not_expressible"] == ["weighted"]
