@@ -8,14 +8,17 @@ work as they are. Facts about the target (read from LLaMA-Factory 0.9.5's data R
 sample is skipped with only a log warning. ``function_call`` holds ``{"name", "arguments"}`` as
 JSON (a list for parallel calls) and ``tools`` is a JSON string.
 
-How our record maps, and what is counted in ``export_report.json``:
+How our record maps, and what is counted in ``export_report.json``. What only our ``sharegpt``
+reader needs rides in the ``dataprep_extra`` column (JSON text: turn index -> keys), which
+LLaMA-Factory ignores; turns keep exactly ``from``/``value`` so every line has one schema.
+
 
 - a tool message (call + observation) -> a ``function_call`` turn, then an ``observation`` turn
   (non-string observations as JSON text). A call without observation before the next turn gets
   the observation ``null`` (as ChatGLM3's tokenizer renders it) and the extra key
   ``no_observation`` (counted ``call_without_observation_written_as_null``);
 - an assistant "thought" right before a call cannot be its own turn (two assistant-side turns in a
-  row). ``thought: keep`` (default) carries it in the call turn's extra ``thought`` key, which
+  row). ``thought: keep`` (default) carries it as the call turn's ``thought`` in the extra column (below), which
   LLaMA-Factory ignores and our ``sharegpt`` reader restores: counted ``thought_not_trained``.
   ``thought: drop`` drops it (``thought_dropped``);
 - parallel calls: ``parallel: split`` (default) writes them as consecutive call/observation pairs,
@@ -68,6 +71,7 @@ OPTIONS: dict[str, tuple] = {
     "thought": ("keep", ("keep", "drop")),
 }
 EVEN, ODD = ("human", "observation"), ("gpt", "function_call")
+EXTRA_COLUMN = "dataprep_extra"  # JSON text: turn index -> keys only our sharegpt reader uses
 
 NOTE = """\
 LLaMA-Factory dataset written by `dataprep export --to llamafactory`.
@@ -98,9 +102,9 @@ What the model learns as a tool call (call_style: {call_style})
   official layout, train on the chatglm3 export with dataprep-train.
 - The `chatglm3`/`glm4` templates accept one call per function_call turn; parallel calls are
   written as consecutive call/observation pairs unless `--option parallel=list`.
-- Extra keys (`id`, `thought`, `loss`, `parallel`, `final_observation`, `no_observation`) are
-  ignored by LLaMA-Factory and restore our records when read back with
-  `dataprep convert --from sharegpt`. Thoughts before calls and `loss: false` are
+- The `id` and `dataprep_extra` columns (per turn: `thought`, `loss`, `parallel`,
+  `final_observation`, `no_observation`) are ignored by LLaMA-Factory and restore our records
+  when read back with `dataprep convert --from sharegpt`. Thoughts before calls and `loss: false` are
   NOT trained by LLaMA-Factory: see export_report.json for the counts.
 """
 
@@ -216,8 +220,18 @@ def to_sharegpt(conv: Conversation, report: ExportReport, opts: Mapping[str, Any
     if not body or len(body) % 2:
         raise Skip("odd_turn_count", f"{len(body)} turns; LLaMA-Factory needs an even, non-zero "
                    "number (the sample must end on a gpt or function_call turn)")
+    # Every line must have the same keys with the same types: `datasets` infers a JSON file's
+    # schema from its first block and fails on a later line with a new key (seen on a real run
+    # where the first "thought" came after 10 MB). So turns keep exactly from/value, and what only
+    # our reader needs goes into one JSON text column, by turn index.
+    extra = {}
+    for k, turn in enumerate(turns):
+        more = {key: turn.pop(key) for key in list(turn) if key not in ("from", "value")}
+        if more:
+            extra[str(k)] = more
     return {"id": conv.id, "conversations": turns,
-            "tools": "" if conv.tools is None else json.dumps(conv.tools, ensure_ascii=False)}
+            "tools": "" if conv.tools is None else json.dumps(conv.tools, ensure_ascii=False),
+            EXTRA_COLUMN: json.dumps(extra, ensure_ascii=False)}
 
 
 def dataset_info(name: str, splits: Iterable[str]) -> dict[str, Any]:

@@ -10,8 +10,9 @@ system prompt; default ``system``), ``tools`` (default ``tools``), ``role_tag``,
   calls); the ``observation`` turn after it is their observation (for a list: a JSON list with
   one observation per call). A call with no observation turn after it keeps none.
 - An ``observation`` turn that answers no call becomes an ``observation`` message.
-- Extra keys written by ``dataprep export --to llamafactory`` are restored: ``id``, ``loss``,
-  ``thought`` (the assistant text before a call), ``thought_loss``, ``parallel`` (a call split
+- What ``dataprep export --to llamafactory`` keeps for us is restored: the ``id`` column and, per
+  turn, the keys in the ``dataprep_extra`` column (JSON text; also read from the turn itself):
+  ``loss``, ``thought`` (the assistant text before a call), ``thought_loss``, ``parallel`` (a call split
   from the group of the call before it), ``final_observation`` (the observation of a call that
   ends the sample) and ``no_observation`` (indices of calls that had none).
 - ``call_style: official`` also reads ``gpt`` turns holding ChatGLM3's own call text
@@ -25,6 +26,7 @@ from typing import Any
 
 from dataprep.errors import ConfigError
 from dataprep.export.common import decode_observation
+from dataprep.export.llamafactory import EXTRA_COLUMN
 from dataprep.readers.chat_common import BadRecord, ChatReader, call_from_json, parse_tools
 from dataprep.record import Message
 from dataprep.tool_call import parse_tool_call
@@ -89,10 +91,20 @@ class ShareGPTReader(ChatReader):
         if isinstance(system, str) and system:
             out.append(Message("system", system))
         pending: list[Message] = []  # calls waiting for their observation turn
+        extra = value.get(EXTRA_COLUMN) or {}
+        if isinstance(extra, str):
+            try:
+                extra = json.loads(extra)
+            except json.JSONDecodeError as e:
+                raise BadRecord("wrong_type", f"/{EXTRA_COLUMN}: not JSON ({e.msg})") from e
+        if not isinstance(extra, dict):
+            raise BadRecord("wrong_type", f"/{EXTRA_COLUMN}: expected an object")
         for i, turn in enumerate(raw):
             where = f"/{t['messages']}/{i}"
             if not isinstance(turn, dict):
                 raise BadRecord("wrong_type", f"{where}: expected an object")
+            if isinstance(extra.get(str(i)), dict):
+                turn = {**extra[str(i)], **turn}
             role, content = turn.get(t["role_tag"]), turn.get(t["content_tag"])
             if not isinstance(content, str):
                 raise BadRecord("wrong_type", f"{where}/{t['content_tag']}: expected a string")

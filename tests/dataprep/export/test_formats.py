@@ -99,6 +99,12 @@ def test_llamafactory_keeps_alternation_and_round_trips_with_parallel_list(tmp_p
     tags = [t["from"] for t in line["conversations"]]
     assert tags == ["human", "function_call", "observation", "gpt"]
     assert json.loads(line["conversations"][2]["value"]) == [{"temp": 3}, [{"name": "如家"}]]
+    # One schema for every line (datasets infers it from the first block of a file).
+    lines = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert {tuple(x) for x in lines} == {("id", "conversations", "tools", "dataprep_extra")}
+    assert {tuple(t) for x in lines for t in x["conversations"]} == {("from", "value")}
+    assert all(isinstance(x["tools"], str) and isinstance(x["dataprep_extra"], str)
+               for x in lines)
 
 
 def test_llamafactory_default_splits_parallel_calls_for_the_glm4_tool_format(tmp_path: Path
@@ -109,7 +115,8 @@ def test_llamafactory_default_splits_parallel_calls_for_the_glm4_tool_format(tmp
     assert [t["from"] for t in line["conversations"]] == [
         "human", "function_call", "observation", "function_call", "observation", "gpt"]
     # LLaMA-Factory trains them as sequential calls; the extra key regroups them for our reader.
-    assert [t.get("parallel") for t in line["conversations"]] == [None] * 3 + [True] + [None] * 2
+    assert json.loads(line["dataprep_extra"]) == {"1": {"thought": "我来同时查一下。"},
+                                                  "3": {"parallel": True}}
     assert _dicts(back[0]) == _dicts(PARALLEL)
 
 
@@ -133,7 +140,7 @@ def test_llamafactory_counts_what_it_cannot_express(tmp_path: Path) -> None:
     lines = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
     # It must end on the call; the observation rides along in an extra key, so nothing is lost.
     assert [t["from"] for t in lines[0]["conversations"]] == ["human", "function_call"]
-    assert lines[0]["conversations"][1]["final_observation"] == "[1]"
+    assert json.loads(lines[0]["dataprep_extra"]) == {"1": {"final_observation": "[1]"}}
     back = list(reader_class("sharegpt")(tmp_path / "train.jsonl").read())
     assert _dicts(back[0]) == _dicts(ends_on_call)
     assert lines[1]["conversations"][1]["value"] == "b\nc"
