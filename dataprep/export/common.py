@@ -131,6 +131,42 @@ def check_observation(report: ExportReport, rec_id: str, value: Any) -> None:
                       "a string observation that parses as JSON; readers decode it into a value")
 
 
+EXTRA_COLUMN = "dataprep_extra"
+
+
+def pack_extra(items: list[dict[str, Any]], keep: tuple[str, ...]) -> str:
+    """Move every key but ``keep`` out of ``items`` into one JSON text (index -> keys).
+
+    Targets loaded with ``datasets`` (LLaMA-Factory, GLM-4's demo) infer a JSON file's schema from
+    its first block and fail on a later line with a new key, so lines must all look alike: what
+    only our readers need rides in this one text column, which the targets ignore.
+
+    >>> turns = [{"from": "gpt", "value": "a", "loss": False}]
+    >>> pack_extra(turns, ("from", "value")), turns
+    ('{"0": {"loss": false}}', [{'from': 'gpt', 'value': 'a'}])
+    """
+    extra = {}
+    for k, item in enumerate(items):
+        more = {key: item.pop(key) for key in list(item) if key not in keep}
+        if more:
+            extra[str(k)] = more
+    return json.dumps(extra, ensure_ascii=False)
+
+
+def unpack_extra(value: Any) -> dict[str, dict[str, Any]]:
+    """Inverse of :func:`pack_extra`; raises ``ValueError`` when the column is not an object."""
+    if value in (None, ""):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"/{EXTRA_COLUMN}: not JSON ({e.msg})") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"/{EXTRA_COLUMN}: expected an object, found {type(value).__name__}")
+    return {k: v for k, v in value.items() if isinstance(v, dict)}
+
+
 def check_sample_weight(report: ExportReport, conv: Conversation) -> None:
     """The balance stage's per-sample ``weight`` has no field in the chat formats."""
     if conv.weight is not None and conv.weight != 1:

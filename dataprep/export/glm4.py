@@ -15,8 +15,9 @@ How our record maps:
   parallel group, or before another call, it is written as ``null`` so pairs stay aligned
   (counted ``call_without_observation_written_as_null``);
 - an assistant "thought" before a call stays its own assistant message;
-- ``loss: false`` cannot be expressed (the demo trains every assistant message): kept as an extra
-  ``loss`` key, counted ``loss_mask_not_expressible``;
+- ``loss: false`` cannot be expressed (the demo trains every assistant message): kept for our
+  reader in the ``dataprep_extra`` column (JSON text, message index -> keys; messages keep only
+  role/content/tools so every line loads with one schema), counted ``loss_mask_not_expressible``;
 - an assistant text that itself parses as a call object would be read back as a call: counted
   ``assistant_text_looks_like_call``; a system prompt together with tools is written (GLM-4's
   template renders both) but counted ``system_prompt_with_tools``, since the demo's README wants
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from dataprep.export.common import (
+    EXTRA_COLUMN,
     ExportReport,
     call_groups,
     check_observation,
@@ -38,6 +40,7 @@ from dataprep.export.common import (
     missing,
     observation_text,
     openai_tool,
+    pack_extra,
     take_options,
     write_jsonl_splits,
 )
@@ -63,7 +66,7 @@ def _loss(d: dict[str, Any], loss: bool | None, report: ExportReport, rec_id: st
         if loss is False:
             report.change("loss_mask_not_expressible", rec_id,
                           "a 'loss: false' message; GLM-4's fine-tuning trains every assistant "
-                          "message (kept as an extra key for our reader)")
+                          "message (kept in the dataprep_extra column for our reader)")
     return d
 
 
@@ -110,7 +113,7 @@ def to_glm4(conv: Conversation, report: ExportReport) -> dict[str, Any]:
                 obs = None
             check_observation(report, conv.id, obs)
             out.append({"role": "observation", "content": observation_text(obs)})
-    return {"messages": out}
+    return {"messages": out, EXTRA_COLUMN: pack_extra(out, ("role", "content", "tools"))}
 
 
 def export(splits: Mapping[str, Iterable[Conversation]], out_dir: Path, report: ExportReport,

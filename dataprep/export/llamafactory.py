@@ -12,25 +12,24 @@ How our record maps, and what is counted in ``export_report.json``. What only ou
 reader needs rides in the ``dataprep_extra`` column (JSON text: turn index -> keys), which
 LLaMA-Factory ignores; turns keep exactly ``from``/``value`` so every line has one schema.
 
-
 - a tool message (call + observation) -> a ``function_call`` turn, then an ``observation`` turn
   (non-string observations as JSON text). A call without observation before the next turn gets
-  the observation ``null`` (as ChatGLM3's tokenizer renders it) and the extra key
-  ``no_observation`` (counted ``call_without_observation_written_as_null``);
-- an assistant "thought" right before a call cannot be its own turn (two assistant-side turns in a
-  row). ``thought: keep`` (default) carries it as the call turn's ``thought`` in the extra column (below), which
-  LLaMA-Factory ignores and our ``sharegpt`` reader restores: counted ``thought_not_trained``.
-  ``thought: drop`` drops it (``thought_dropped``);
+  the observation ``null`` (as ChatGLM3's tokenizer renders it) and ``no_observation`` (counted
+  ``call_without_observation_written_as_null``);
+- an assistant "thought" right before a call cannot be its own turn (two assistant-side turns in
+  a row). ``thought: keep`` (default) keeps it as the call turn's ``thought``, which LLaMA-Factory
+  does not see and our reader restores: counted ``thought_not_trained``. ``thought: drop`` drops
+  it (``thought_dropped``);
 - parallel calls: ``parallel: split`` (default) writes them as consecutive call/observation pairs,
   because the ``chatglm3``/``glm4`` templates refuse a list of calls (``parallel_calls_split``);
-  the second and later carry the extra key ``parallel: true`` so that our reader regroups them;
+  the second and later carry ``parallel: true`` so that our reader regroups them.
   ``parallel: list`` writes one ``function_call`` turn holding the list and one observation turn
   holding the JSON list of their observations;
 - ``loss: false`` has no per-turn equivalent (LLaMA-Factory trains every assistant-side turn):
-  kept as an extra ``loss`` key for our reader, counted ``loss_mask_not_expressible``;
-- a sample must end on the call, so an observation that ends it moves into the call turn's extra
-  ``final_observation`` key (``trailing_observation_moved``; observations are never trained, so
-  the sample trains the same); two assistant texts in a row are joined with a newline
+  kept as the turn's ``loss``, counted ``loss_mask_not_expressible``;
+- a sample must end on the call, so an observation that ends it is kept as the call turn's
+  ``final_observation`` (``trailing_observation_moved``; observations are never trained, so the
+  sample trains the same); two assistant texts in a row are joined with a newline
   (``consecutive_assistant_merged``, the one lossy change);
 - dropped and counted: a system message that is not first (``system_not_first``) and any sample
   that still breaks the alternation (``breaks_alternation``, ``odd_turn_count``).
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from dataprep.export.common import (
+    EXTRA_COLUMN,
     ExportReport,
     Skip,
     call_groups,
@@ -54,6 +54,7 @@ from dataprep.export.common import (
     check_sample_weight,
     missing,
     observation_text,
+    pack_extra,
     take_options,
     write_jsonl_splits,
 )
@@ -71,7 +72,6 @@ OPTIONS: dict[str, tuple] = {
     "thought": ("keep", ("keep", "drop")),
 }
 EVEN, ODD = ("human", "observation"), ("gpt", "function_call")
-EXTRA_COLUMN = "dataprep_extra"  # JSON text: turn index -> keys only our sharegpt reader uses
 
 NOTE = """\
 LLaMA-Factory dataset written by `dataprep export --to llamafactory`.
@@ -124,7 +124,7 @@ def _with_loss(turn: dict[str, Any], loss: bool | None, report: ExportReport, re
         if loss is False:
             report.change("loss_mask_not_expressible", rec_id,
                           "a 'loss: false' turn; LLaMA-Factory trains every assistant-side turn "
-                          "(kept as an extra key for our reader)")
+                          "(kept in the dataprep_extra column for our reader)")
     return turn
 
 
@@ -220,18 +220,12 @@ def to_sharegpt(conv: Conversation, report: ExportReport, opts: Mapping[str, Any
     if not body or len(body) % 2:
         raise Skip("odd_turn_count", f"{len(body)} turns; LLaMA-Factory needs an even, non-zero "
                    "number (the sample must end on a gpt or function_call turn)")
-    # Every line must have the same keys with the same types: `datasets` infers a JSON file's
-    # schema from its first block and fails on a later line with a new key (seen on a real run
-    # where the first "thought" came after 10 MB). So turns keep exactly from/value, and what only
-    # our reader needs goes into one JSON text column, by turn index.
-    extra = {}
-    for k, turn in enumerate(turns):
-        more = {key: turn.pop(key) for key in list(turn) if key not in ("from", "value")}
-        if more:
-            extra[str(k)] = more
+    # One schema for every line (see pack_extra; a full hotel run whose first "thought" came after
+    # datasets' first block failed to load before this).
+    extra = pack_extra(turns, ("from", "value"))
     return {"id": conv.id, "conversations": turns,
             "tools": "" if conv.tools is None else json.dumps(conv.tools, ensure_ascii=False),
-            EXTRA_COLUMN: json.dumps(extra, ensure_ascii=False)}
+            EXTRA_COLUMN: extra}
 
 
 def dataset_info(name: str, splits: Iterable[str]) -> dict[str, Any]:

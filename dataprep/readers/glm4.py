@@ -6,7 +6,8 @@
   tool is a call; calls in a row (no observation between them) are one parallel group, and the
   observation messages after them pair with them in order. Other assistant content is text.
 - An observation with no call left to answer becomes an ``observation`` message.
-- An extra ``loss`` key (written by ``dataprep export --to glm4``) is restored.
+- ``loss`` flags kept by ``dataprep export --to glm4`` (in the ``dataprep_extra`` column, or on
+  the message itself) are restored.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from dataprep.export.common import decode_observation
+from dataprep.export.common import EXTRA_COLUMN, decode_observation, unpack_extra
 from dataprep.readers.chat_common import (
     BadRecord,
     ChatReader,
@@ -47,10 +48,15 @@ class GLM4Reader(ChatReader):
         group: list[Message] = []  # the calls of the current group
         answered = 0
         last_was_call = False
+        try:
+            extra = unpack_extra(value.get(EXTRA_COLUMN))
+        except ValueError as e:
+            raise BadRecord("wrong_type", str(e)) from e
         for i, m in enumerate(raw):
             where = f"/messages/{i}"
             if not isinstance(m, dict):
                 raise BadRecord("wrong_type", f"{where}: expected an object")
+            m = {**extra.get(str(i), {}), **m}
             role = m.get("role")
             content = text_content(m.get("content"), f"{where}/content")
             loss = _loss(m, where)

@@ -25,8 +25,7 @@ import json
 from typing import Any
 
 from dataprep.errors import ConfigError
-from dataprep.export.common import decode_observation
-from dataprep.export.llamafactory import EXTRA_COLUMN
+from dataprep.export.common import EXTRA_COLUMN, decode_observation, unpack_extra
 from dataprep.readers.chat_common import BadRecord, ChatReader, call_from_json, parse_tools
 from dataprep.record import Message
 from dataprep.tool_call import parse_tool_call
@@ -91,20 +90,15 @@ class ShareGPTReader(ChatReader):
         if isinstance(system, str) and system:
             out.append(Message("system", system))
         pending: list[Message] = []  # calls waiting for their observation turn
-        extra = value.get(EXTRA_COLUMN) or {}
-        if isinstance(extra, str):
-            try:
-                extra = json.loads(extra)
-            except json.JSONDecodeError as e:
-                raise BadRecord("wrong_type", f"/{EXTRA_COLUMN}: not JSON ({e.msg})") from e
-        if not isinstance(extra, dict):
-            raise BadRecord("wrong_type", f"/{EXTRA_COLUMN}: expected an object")
+        try:
+            extra = unpack_extra(value.get(EXTRA_COLUMN))
+        except ValueError as e:
+            raise BadRecord("wrong_type", str(e)) from e
         for i, turn in enumerate(raw):
             where = f"/{t['messages']}/{i}"
             if not isinstance(turn, dict):
                 raise BadRecord("wrong_type", f"{where}: expected an object")
-            if isinstance(extra.get(str(i)), dict):
-                turn = {**extra[str(i)], **turn}
+            turn = {**extra.get(str(i), {}), **turn}
             role, content = turn.get(t["role_tag"]), turn.get(t["content_tag"])
             if not isinstance(content, str):
                 raise BadRecord("wrong_type", f"{where}/{t['content_tag']}: expected a string")

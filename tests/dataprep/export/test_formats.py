@@ -72,6 +72,9 @@ def test_parallel_calls_loss_and_null_observations_round_trip(fmt: str, tmp_path
     assert back[0].messages[3].parallel is True and back[1].messages[2].parallel is None
     if fmt == "glm4":  # GLM-4 trains every assistant message: the mask is named, not lost
         assert report.changed["loss_mask_not_expressible"] == 1
+        lines = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
+        assert {tuple(x) for x in lines} == {("messages", "dataprep_extra")}
+        assert {k for x in lines for m in x["messages"] for k in m} == {"role", "content", "tools"}
 
 
 def test_openai_shapes_parallel_calls_as_one_assistant_turn(tmp_path: Path) -> None:
