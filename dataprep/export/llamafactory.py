@@ -117,10 +117,10 @@ def _call_turn(batch: list[Message], style: str) -> dict[str, Any]:
             "value": json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)}
 
 
-def _with_loss(turn: dict[str, Any], loss: bool | None, report: ExportReport, rec_id: str,
-               key: str = "loss") -> dict[str, Any]:
+def _with_loss(turn: dict[str, Any], loss: bool | None, report: ExportReport, rec_id: str
+               ) -> dict[str, Any]:
     if loss is not None:
-        turn[key] = loss
+        turn["loss"] = loss
         if loss is False:
             report.change("loss_mask_not_expressible", rec_id,
                           "a 'loss: false' turn; LLaMA-Factory trains every assistant-side turn "
@@ -181,7 +181,11 @@ def to_sharegpt(conv: Conversation, report: ExportReport, opts: Mapping[str, Any
                 if "loss" in thought:
                     turn["thought_loss"] = thought["loss"]
             losses = {c.loss for c in batch}
-            loss = losses.pop() if len(losses) == 1 else False
+            loss = next(iter(losses)) if len(losses) == 1 else False
+            if len(losses) > 1:
+                report.change("parallel_calls_trained_differently", conv.id,
+                              "calls of one parallel list carry different loss flags; the turn "
+                              "is written with loss false")
             turns.append(_with_loss(turn, loss, report, conv.id))
             observations = [c.observation for c in batch]
             absent = [k for k, o in enumerate(observations) if missing(o)]
