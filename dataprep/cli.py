@@ -123,7 +123,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dataprep.registry import READERS
+    from dataprep.registry import readers
+
+    READERS = readers()
 
     p = _Parser(prog="dataprep", description="Turn raw Chinese corpora into clean, leak-free "
                 "ChatGLM3 tools/conversations splits.")

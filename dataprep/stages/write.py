@@ -1,32 +1,46 @@
-"""``write``: the three ChatGLM3 JSONL splits, each validated line by line, written atomically."""
+"""``write``: the three ChatGLM3 JSONL splits, each validated line by line, written atomically;
+optionally the same splits exported to other training formats (``dataprep.export``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from dataprep import schema
 from dataprep.io import AtomicWriter, dumps
 from dataprep.record import Conversation
-from dataprep.stages.base import RunContext, Stage
+from dataprep.stages.base import RunContext, Stage, StageOptions
 from dataprep.stages.split import SPLITS
 
 
-class Write(Stage):
-    """Options: ``lineage`` (also write id/lineage/label keys; the official loaders ignore extra
-    keys, and they let ``dataprep report`` trace every line back to its source); ``formats``
-    (also export the splits to ``OUT/export/FORMAT``: a list of format names, or of
-    ``{name: FORMAT, OPTION: VALUE}``; see ``dataprep.export``)."""
+@dataclass
+class WriteOptions(StageOptions):
+    """``lineage``: also write id/lineage/label keys (the official loaders ignore extra keys, and
+    they let ``dataprep report`` trace every line back to its source).
+    ``formats``: also export the splits to ``OUT/export/FORMAT``; a list of format names
+    (llamafactory, openai, glm4, hf, chatglm3) or of ``{name: FORMAT, OPTION: VALUE}``."""
 
-    name = "write"
+    lineage: bool = True
+    formats: list[Any] = field(default_factory=list)
 
-    def __init__(self, lineage: bool = True, formats: list[Any] | None = None) -> None:
+    def __post_init__(self) -> None:
         from dataprep.export import parse_formats
 
-        self.lineage = lineage
-        self.formats = parse_formats(formats or [])
+        parse_formats(self.formats)  # an unknown format fails the config, not the end of a run
+
+
+class Write(Stage):
+    """Writes train/dev/test.jsonl. Options: :class:`WriteOptions`."""
+
+    name = "write"
+    Options = WriteOptions
+    options: WriteOptions
 
     def run(self, records: Iterable[Conversation], ctx: RunContext) -> Iterator[Conversation]:
+        from dataprep.export import parse_formats
+
+        formats = parse_formats(self.options.formats)
         writers = {s: AtomicWriter(ctx.out_dir / f"{s}.jsonl") for s in SPLITS}
         kept: dict[str, list[Conversation]] = {s: [] for s in SPLITS}
         handles = {s: w.__enter__() for s, w in writers.items()}
@@ -36,7 +50,7 @@ class Write(Stage):
                 if rec.split not in handles:
                     raise ValueError(f"record {rec.id} reached 'write' without a split; put the "
                                      "'split' stage before 'write'")
-                line = rec.to_chatglm3(with_lineage=self.lineage)
+                line = rec.to_chatglm3(with_lineage=self.options.lineage)
                 # The writer re-checks every line: a stage bug must never produce a bad file.
                 problems = schema.output_problems(line)
                 if problems:
@@ -45,18 +59,18 @@ class Write(Stage):
                     continue
                 handles[rec.split].write(dumps(line) + "\n")
                 ctx.counts.splits[rec.split] += 1
-                if self.formats:
+                if formats:
                     kept[rec.split].append(rec)
                 yield rec
             ok = True
         finally:
             for w in writers.values():
                 w.__exit__(None if ok else RuntimeError, None, None)
-        if self.formats:
+        if formats:
             from dataprep.export import export_splits
 
-            exports = ctx.artifacts.setdefault("exports", {})
-            for fmt, options in self.formats:
+            exports = self.stats.artifacts.setdefault("exports", {})
+            for fmt, options in formats:
                 rep = export_splits(fmt, kept, ctx.out_dir / "export" / fmt, **options)
                 exports[fmt] = {"out_dir": rep.out_dir, "written": dict(rep.written),
                                 "dropped": dict(rep.dropped), "changed": dict(rep.changed)}
