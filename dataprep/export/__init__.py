@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dataprep.errors import ConfigError
-from dataprep.export.common import ExportReport, read_run, write_report
+from dataprep.export.common import ExportReport, read_run, take_options, write_report
 from dataprep.record import Conversation
 
 # Import strings, as in dataprep.registry: ``hf`` pulls in ``datasets`` only when used.
@@ -54,6 +54,9 @@ def parse_formats(formats: Any) -> list[tuple[str, dict[str, Any]]]:
         if name not in EXPORTERS:
             raise ConfigError(f"write: unknown export format {name!r}; available: "
                               f"{', '.join(sorted(EXPORTERS))}")
+        # Check the options now, so that a typo fails the config instead of the end of a run.
+        module = importlib.import_module(EXPORTERS[name].partition(":")[0])
+        take_options(name, options, module.OPTIONS)
         out.append((name, options))
     return out
 

@@ -269,3 +269,15 @@ def test_a_balance_weight_is_counted_where_the_target_has_none(fmt: str, tmp_pat
     report = export_splits(fmt, {"train": [weighted, PLAIN]}, tmp_path)
     assert report.changed == {"sample_weight_not_expressible": 1}
     assert report.examples["sample_weight_not_expressible"] == ["weighted"]
+
+
+def test_write_formats_are_checked_when_the_config_is_read() -> None:
+    from dataprep.errors import ConfigError
+    from dataprep.stages.write import Write
+
+    assert Write(formats=["openai", {"name": "llamafactory", "call_style": "official"}])
+    with pytest.raises(ConfigError, match="unknown export format 'sharegpt'; available: chatglm3"):
+        Write(formats=["sharegpt"])
+    with pytest.raises(ConfigError, match=r"export 'llamafactory': option call_style must be one "
+                                          r"of function_call, official, got 'python'"):
+        Write(formats=[{"name": "llamafactory", "call_style": "python"}])
