@@ -122,6 +122,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_DATA if problems else EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from dataprep.config import parse_override
+    from dataprep.export import export_run
+
+    options = dict(parse_override(item) for item in args.option or [])
+    report = export_run(args.run_dir, args.to, args.out, **options)
+    print(report.summary())
+    print(f"  report:   {report.out_dir}/export_report.json")
+    for note in report.notes:
+        print(f"  note:     {note}")
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     try:
         from dataprep.stages.report import rebuild_report
@@ -186,6 +199,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="schema name in schemas/ (default chatglm3: the output format, plus the "
                    "semantic rules)")
     v.set_defaults(func=cmd_validate)
+
+    from dataprep.export import EXPORTERS
+
+    e = sub.add_parser("export", help="write a finished run's splits in another training format",
+                       description="Read RUN_DIR/{train,dev,test}.jsonl and write them as FORMAT; "
+                       "what the target cannot express is counted and named in "
+                       "OUT/export_report.json (and printed).")
+    e.add_argument("run_dir", help="the run's output folder")
+    e.add_argument("--to", required=True, choices=sorted(EXPORTERS), metavar="FORMAT",
+                   help=f"target format: {', '.join(sorted(EXPORTERS))}")
+    e.add_argument("--out", help="output folder (default RUN_DIR/export/FORMAT)")
+    e.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="format option, e.g. --option call_style=official (repeatable)")
+    e.set_defaults(func=cmd_export)
 
     rp = sub.add_parser("report", help="rebuild the HTML report of a finished run",
                         description="Rebuild OUT/report/index.html from a finished run folder.")
