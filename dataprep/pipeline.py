@@ -10,13 +10,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 import dataprep
 from dataprep.config import RunConfig
 from dataprep.errors import AccountingError, ConfigError
 from dataprep.io import prepare_out_dir, sha256_file, write_json_atomic
 from dataprep.matching import Matching, matching_config
+from dataprep.progress import RunProgress, make_progress
 from dataprep.readers.base import Reader
 from dataprep.record import Conversation, Reject
 from dataprep.registry import is_post_run, reader_class, stage_class
@@ -90,12 +89,10 @@ def build_stages(specs: list[dict[str, Any]],
     return stages, post
 
 
-def read_all(readers: list[Reader], ctx: RunContext, progress: bool = True) -> Iterator[Conversation]:
+def read_all(readers: list[Reader], ctx: RunContext) -> Iterator[Conversation]:
     """Count every input record once, route rejects to the context, yield conversations."""
     for reader in readers:
         items: Iterable[Conversation | Reject] = reader.read()
-        if progress:
-            items = tqdm(items, desc=f"read {Path(reader.source).name}", unit="rec", leave=False)
         for item in items:
             ctx.count_input()
             if isinstance(item, Reject):
@@ -118,37 +115,42 @@ class Pipeline:
         self.resources = build_resources(config)
         self.stages, self.post_run = build_stages(config.stages, self.resources)
 
-    def run(self, out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    def run(self, out_dir: str | Path | None = None,
+            progress: bool | RunProgress = True) -> dict[str, Any]:
         """Run into ``out_dir`` as one generation: everything is written into a fresh sibling
         folder that replaces ``out_dir`` in one atomic swap once complete (see
-        :mod:`dataprep.run_folder`); a failed or killed run leaves ``out_dir`` as it was."""
-        home = prepare_out_dir(out_dir or self.config.out or f"out/{self.config.name}",
-                               create=False)
-        work = new_generation(home)
+        :mod:`dataprep.run_folder`); a failed or killed run leaves ``out_dir`` as it was.
+
+        ``progress``: True for the default display on stderr (see :mod:`dataprep.progress`),
+        False for none, or a :class:`RunProgress` of the caller's."""
+        if not isinstance(progress, RunProgress):
+            progress = make_progress(verbosity=1 if progress else 0)
         try:
-            manifest, post_error = self._run(work, home, progress)
-        except BaseException:
-            discard_generation(work, home)
-            raise
-        commit_generation(work, home)
+            home = prepare_out_dir(out_dir or self.config.out or f"out/{self.config.name}",
+                                   create=False)
+            work = new_generation(home)
+            try:
+                manifest, post_error = self._run(work, home, progress)
+            except BaseException:
+                discard_generation(work, home)
+                raise
+            commit_generation(work, home)
+        finally:
+            progress.close()
         # A failed post-run step (a critical expectation) fails the run, but its outputs and
         # the report that explains the failure are a complete generation: they are kept.
         if post_error is not None:
             raise post_error
         return manifest
 
-    def _run(self, out: Path, home: Path, progress: bool
+    def _run(self, out: Path, home: Path, progress: RunProgress
              ) -> tuple[dict[str, Any], BaseException | None]:
         ctx = RunContext(out, seed=self.config.seed, strict=self.config.strict, home=home)
         started = time.time()
-        stream: Iterable[Conversation] = timed("read", read_all(self.readers, ctx, progress), ctx)
-        for position, stage in enumerate(self.stages, start=1):
-            stream = timed(stage.name, stage.run(stream, ctx), ctx)
-            if progress:
-                # One bar per stage: streaming stages advance together, and after a stage that
-                # needs every record (split, dedup) the later bars show where the time goes.
-                stream = tqdm(stream, desc=stage.name, unit="rec", leave=False,
-                              position=position, mininterval=0.5)
+        stream: Iterable[Conversation] = progress.track(
+            "read", timed("read", read_all(self.readers, ctx), ctx))
+        for stage in self.stages:
+            stream = progress.track(stage.name, timed(stage.name, stage.run(stream, ctx), ctx))
         for _ in stream:
             pass
         ctx.write_rejects()
@@ -156,7 +158,11 @@ class Pipeline:
         for stage in self.stages:
             t0 = time.perf_counter()
             ctx.current_stage = stage.name
-            stage.finish(ctx)
+            if type(stage).finish is Stage.finish:  # nothing to show for a no-op hook
+                stage.finish(ctx)
+            else:
+                with progress.step(stage.name):
+                    stage.finish(ctx)
             finish_seconds[stage.name] = time.perf_counter() - t0
         left, right = ctx.counts.balance()
         if left != right:
@@ -166,13 +172,13 @@ class Pipeline:
         manifest = self.manifest(ctx, home, started, finish_seconds)
         write_json_atomic(out / "manifest.json", manifest)
         try:
-            self.run_post_steps(out, manifest, home)
+            self.run_post_steps(out, manifest, progress, home)
         except Exception as e:  # noqa: BLE001 - raised by run() after the swap
             return manifest, e
         return manifest, None
 
     def run_post_steps(self, out: Path, manifest: dict[str, Any],
-                       home: Path | None = None) -> None:
+                       progress: RunProgress | None = None, home: Path | None = None) -> None:
         """Each post-run step once, in config order. A failing step (expectations) does not stop
         the later ones (the report explains the failure); the first error is raised after."""
 
@@ -180,13 +186,15 @@ class Pipeline:
             _merge_artifacts(manifest["artifacts"], _plain(stats.artifacts))
             write_json_atomic(out / "manifest.json", manifest)
 
+        progress = progress or make_progress(verbosity=0)
         split = next(s for s in self.stages if isinstance(s, Split))
         run = FinishedRun(out, manifest, split.ratios, publish, home=home)
         first_error: BaseException | None = None
         for step in self.post_run:
             t0 = time.perf_counter()
             try:
-                step.run(run)
+                with progress.step(step.name):
+                    step.run(run)
             except Exception as e:  # noqa: BLE001 - re-raised below
                 first_error = first_error or e
             manifest["seconds"]["post_run"][step.name] = round(time.perf_counter() - t0, 4)
