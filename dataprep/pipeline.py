@@ -21,7 +21,7 @@ from dataprep.registry import reader_class, stage_class
 from dataprep.stages.base import RunContext, Stage, json_default, timed
 
 VERSIONED = ("datasets", "pandas", "jsonschema", "openai", "transformers", "torch", "peft",
-             "bitsandbytes", "great_expectations", "datasketch", "sentencepiece", "opencc",
+             "bitsandbytes", "great_expectations", "rensa", "sentencepiece", "opencc",
              "pyyaml")
 
 
