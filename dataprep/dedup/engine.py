@@ -302,24 +302,41 @@ def find_duplicates(texts: Iterable[str], config: DedupConfig | None = None, *,
         n += len(batch)
         if on_batch is not None:
             on_batch(len(batch))
-    rep_arr = np.asarray(exact_rep, dtype=np.int64)
     records = np.concatenate(indexed) if indexed else np.empty(0, dtype=np.int64)
+    return cluster_signatures(np.asarray(exact_rep, dtype=np.int64),
+                              np.asarray(hashes, dtype=np.uint64), records, store.matrix(), cfg,
+                              guards=guards, stats=stats)
+
+
+PairFinder = Callable[[np.ndarray, int, int, int, dict], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def cluster_signatures(exact_rep: np.ndarray, key_hash: np.ndarray, records: np.ndarray,
+                       sigs: np.ndarray, cfg: DedupConfig, *,
+                       guards: Sequence[Hashable] | None = None,
+                       stats: dict[str, Any] | None = None,
+                       pairs: PairFinder = self_join) -> Clustering:
+    """The decisions from what the streaming pass collected: the first record with each key
+    (``exact_rep``), the key hashes, and the signatures ``sigs`` of the records ``records``
+    (ascending). ``pairs`` finds the verified pairs among the signatures (:func:`self_join`,
+    or a distributed one with the same result)."""
+    n = exact_rep.size
     bands, rows_per_band = cfg.bands()
     engine: dict[str, int] = {"candidates": 0}
-    ki, kj, eq = self_join(store.matrix(), bands, rows_per_band, cfg.min_equal, engine)
+    ki, kj, eq = pairs(sigs, bands, rows_per_band, cfg.min_equal, engine)
     ei, ej = records[ki], records[kj]  # stored in input order, so ei < ej still
     gid = _guard_ids(guards, n)
     if gid is not None and ei.size:
         same = gid[ei] == gid[ej]
         ei, ej, eq = ei[same], ej[same], eq[same]
-    kept, similarity = _keep_greedily(n, rep_arr, ei, ej, eq, cfg.num_perm)
+    kept, similarity = _keep_greedily(n, exact_rep, ei, ej, eq, cfg.num_perm)
     if stats is not None:
-        stats.update(lsh_bands=bands, lsh_rows=rows_per_band, indexed=store.n,
+        stats.update(lsh_bands=bands, lsh_rows=rows_per_band, indexed=int(records.size),
                      candidates=engine["candidates"], verified_pairs=int(ei.size),
-                     signature_bytes=int(store.matrix().nbytes))
-    return Clustering(kept=kept, roots=_components(n, rep_arr, ei, ej), exact_rep=rep_arr,
-                      key_hash=np.asarray(hashes, dtype=np.uint64), similarity=similarity,
-                      edge_i=ei, edge_j=ej, edge_sim=(eq / cfg.num_perm).astype(np.float32))
+                     signature_bytes=int(sigs.nbytes))
+    return Clustering(kept=kept, roots=_components(n, exact_rep, ei, ej), exact_rep=exact_rep,
+                      key_hash=key_hash, similarity=similarity, edge_i=ei, edge_j=ej,
+                      edge_sim=(eq / cfg.num_perm).astype(np.float32))
 
 
 def cross_matches(index_texts: Iterable[str], query_texts: Iterable[str],

@@ -116,21 +116,19 @@ def verify(sigs_a: np.ndarray, sigs_b: np.ndarray, a: np.ndarray, b: np.ndarray,
 def self_join(sigs: np.ndarray, bands: int, rows: int, min_equal: int,
               stats: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Verified pairs among the rows of ``sigs``: ``(i, j, equal_slots)`` arrays, ``i < j``,
-    sorted by ``(i, j)``. ``stats["candidates"]`` receives the distinct candidates verified."""
+    sorted by ``(i, j)``. ``stats["candidates"]`` receives the LSH candidates: pairs that share a
+    band, counted once per band they share."""
     found_keys: list[np.ndarray] = []
     found_eq: list[np.ndarray] = []
     pending: list[np.ndarray] = []
     size = candidates = 0
 
     def flush() -> None:
-        nonlocal size, candidates
+        nonlocal size
         keys = _distinct(np.concatenate(pending))
         pending.clear()
         size = 0
-        candidates += keys.size
-        i = (keys >> np.uint64(32)).astype(np.int64)
-        j = (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
-        ok, eq = verify(sigs, sigs, i, j, min_equal)
+        ok, eq = verify(sigs, sigs, *split_keys(keys), min_equal)
         found_keys.append(keys[ok])
         found_eq.append(eq)
 
@@ -140,6 +138,7 @@ def self_join(sigs: np.ndarray, bands: int, rows: int, min_equal: int,
         for chunk in _group_pairs(order, h[order]):
             pending.append(chunk)
             size += chunk.size
+            candidates += chunk.size
             if size >= _PENDING:
                 flush()
         del h, order
@@ -147,17 +146,47 @@ def self_join(sigs: np.ndarray, bands: int, rows: int, min_equal: int,
         flush()
     if stats is not None:
         stats["candidates"] = stats.get("candidates", 0) + candidates
-    keys = np.concatenate(found_keys) if found_keys else np.empty(0, dtype=np.uint64)
-    if keys.size == 0:
-        empty = np.empty(0, dtype=np.int64)
-        return empty, empty, empty
-    order = np.argsort(keys, kind="stable")
-    keys, eq = keys[order], np.concatenate(found_eq)[order]
+    keys, eq = merge_pairs(found_keys, found_eq)
+    return (*split_keys(keys), eq)
+
+
+def band_pairs(sigs: np.ndarray, band: int, rows: int, min_equal: int
+               ) -> tuple[np.ndarray, np.ndarray, int]:
+    """One band's share of :func:`self_join`: the verified pairs among the candidates of band
+    ``band`` as sorted ``(i << 32) | j`` keys, their agreeing slot counts, and the number of
+    candidates. The union over all bands is :func:`self_join`'s result (what a distributed
+    engine computes one band per task)."""
+    h = band_hashes(sigs, band, rows)
+    order = np.argsort(h)
+    keys_out: list[np.ndarray] = []
+    eq_out: list[np.ndarray] = []
+    candidates = 0
+    for chunk in _group_pairs(order, h[order]):
+        candidates += chunk.size
+        keys = _distinct(chunk)
+        ok, eq = verify(sigs, sigs, *split_keys(keys), min_equal)
+        keys_out.append(keys[ok])
+        eq_out.append(eq)
+    if not keys_out:
+        return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64), 0
+    return merge_pairs(keys_out, eq_out) + (candidates,)
+
+
+def merge_pairs(keys: list[np.ndarray], eq: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate verified pair keys from several rounds, sorted, each pair once."""
+    k = np.concatenate(keys) if keys else np.empty(0, dtype=np.uint64)
+    e = np.concatenate(eq) if eq else np.empty(0, dtype=np.int64)
+    order = np.argsort(k, kind="stable")
+    k, e = k[order], e[order]
     # A pair verified in two rounds appears twice, with the same count.
-    first = np.concatenate(([True], keys[1:] != keys[:-1]))
-    keys, eq = keys[first], eq[first]
+    first = np.concatenate(([True], k[1:] != k[:-1])) if k.size else np.empty(0, dtype=bool)
+    return k[first], e[first]
+
+
+def split_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(i << 32) | j`` keys -> the arrays i and j."""
     return ((keys >> np.uint64(32)).astype(np.int64),
-            (keys & np.uint64(0xFFFFFFFF)).astype(np.int64), eq)
+            (keys & np.uint64(0xFFFFFFFF)).astype(np.int64))
 
 
 class BandIndex:
@@ -195,8 +224,7 @@ class BandIndex:
         keys = _distinct(np.concatenate(pending))
         if stats is not None:
             stats["candidates"] = stats.get("candidates", 0) + keys.size
-        q = (keys >> np.uint64(32)).astype(np.int64)
-        k = (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        q, k = split_keys(keys)
         ok, eq = verify(qsigs, self.sigs, q, k, min_equal)
         return q[ok], k[ok], eq
 
