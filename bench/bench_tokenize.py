@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import datasets
 
+    from dataprep.tokenizer import load_tokenizer
     from trainer_plugin.data import build_dataset, load_samples
-    from trainer_plugin.tokenizer import load_tokenizer
 
     datasets.disable_progress_bars()
     tok = load_tokenizer(TOKENIZER)

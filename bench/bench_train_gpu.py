@@ -101,8 +101,8 @@ def batches(args: argparse.Namespace, vocab: int, device: Any) -> Any:
     import torch
 
     if args.data:
+        from dataprep.tokenizer import load_tokenizer
         from trainer_plugin.data import build_dataset
-        from trainer_plugin.tokenizer import load_tokenizer
 
         tok = load_tokenizer(args.tokenizer)
         # A benchmark only needs realistic token streams: slice every sample to seq_len.

@@ -238,8 +238,8 @@ def add_tokenize_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_tokenize(args: argparse.Namespace) -> int:
     """``dataprep-train tokenize``: thin wrapper over :func:`trainer_plugin.data.encode_dataset`."""
+    from dataprep.tokenizer import load_tokenizer
     from trainer_plugin.data import DataError, dataset_stats, encode_dataset, format_stats
-    from trainer_plugin.tokenizer import load_tokenizer
 
     if not args.input.is_file():
         raise UsageError(f"--input: file not found: {args.input}")

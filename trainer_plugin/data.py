@@ -24,6 +24,7 @@ from typing import Any
 
 import datasets
 
+from dataprep.tokenizer import Tokenizer
 from trainer_plugin.encoding import (
     COMPAT_MODES,
     IGNORE_INDEX,
@@ -32,7 +33,6 @@ from trainer_plugin.encoding import (
     fit_length,
     summarize_lengths,
 )
-from trainer_plugin.tokenizer import Tokenizer
 
 __all__ = ["DataError", "PadCollator", "build_dataset", "encode_dataset", "load_samples"]
 

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from trainer_plugin.tokenizer import Tokenizer
+from dataprep.tokenizer import Tokenizer
 
 __all__ = [
     "COMPAT_MODES",

@@ -130,7 +130,7 @@ def build_turns(samples: Sequence[Mapping[str, Any]], tok: Any, compat: str = "d
 
 
 def stop_ids(tok: Any) -> list[int]:
-    from trainer_plugin.tokenizer import TokenizerError
+    from dataprep.tokenizer import TokenizerError
 
     ids = [tok.eos_id]
     for name in STOP_TOKENS:
@@ -248,8 +248,8 @@ def evaluate(
     or given as ``base``). ``limit`` evaluates the first N samples only. ``generate_fn`` replaces
     the model (tests, or a serving backend).
     """
+    from dataprep.tokenizer import load_tokenizer
     from trainer_plugin.data import load_samples
-    from trainer_plugin.tokenizer import load_tokenizer
 
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError("max_new_tokens and batch_size must be at least 1")
@@ -311,9 +311,9 @@ def predict(
     Writes each input sample back with a ``prediction`` key (``kind``, ``text``, and for a tool
     call ``name`` and ``parameters``).
     """
+    from dataprep.tokenizer import load_tokenizer
     from trainer_plugin.data import load_samples
     from trainer_plugin.encoding import encode_conversation
-    from trainer_plugin.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
     samples = load_samples(input_file)

@@ -188,8 +188,8 @@ def train(
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
+    from dataprep.tokenizer import load_tokenizer
     from trainer_plugin.data import PadCollator, build_dataset, format_stats
-    from trainer_plugin.tokenizer import load_tokenizer
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_file(config, overrides)
     if no_quant:

@@ -120,7 +120,7 @@ class RunContext:
     def tokenizer(self) -> Any:
         """The ChatGLM3 tokenizer when the config names one (``tokenizer: PATH``), else None."""
         if self._tokenizer is None and self.tokenizer_path:
-            from trainer_plugin.tokenizer import load_tokenizer
+            from dataprep.tokenizer import load_tokenizer
 
             self._tokenizer = load_tokenizer(self.tokenizer_path)
         return self._tokenizer

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from dataprep.tokenizer import load_tokenizer
 from trainer_plugin.cli import SUBCOMMANDS, build_parser, main
 from trainer_plugin.encoding import encode_conversation
-from trainer_plugin.tokenizer import load_tokenizer
 
 SAMPLES = [
     {

@@ -21,7 +21,7 @@ from trainer_plugin.encoding import encode_conversation, fit_length
 
 @pytest.fixture(scope="module")
 def tok(tokenizer_dir: Path):
-    from trainer_plugin.tokenizer import load_tokenizer
+    from dataprep.tokenizer import load_tokenizer
 
     return load_tokenizer(tokenizer_dir)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dataprep.tokenizer import load_tokenizer
 from trainer_plugin.encoding import (
     IGNORE_INDEX,
     TOOL_PROMPT,
@@ -24,7 +25,6 @@ from trainer_plugin.encoding import (
     render_tool_call_body,
     summarize_lengths,
 )
-from trainer_plugin.tokenizer import load_tokenizer
 
 USER, ASSISTANT, OBSERVATION, SYSTEM = 64795, 64796, 64797, 64794
 EOS = 2

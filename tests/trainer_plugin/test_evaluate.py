@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import GlmForCausalLM
 
+from dataprep.tokenizer import load_tokenizer
 from tests.trainer_plugin.test_train import Run, shared_qlora_run, shared_samples, shared_tiny_model
 from trainer_plugin.data import load_samples
 from trainer_plugin.encoding import encode_conversation
@@ -26,7 +27,6 @@ from trainer_plugin.evaluate import (
     stop_ids,
 )
 from trainer_plugin.modeling import tiny_glm_config
-from trainer_plugin.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from dataprep.tokenizer import CHATGLM3_SPECIAL_TOKENS, load_tokenizer
 from tests.conftest import SHARED
 from trainer_plugin.data import PadCollator
 from trainer_plugin.encoding import (
@@ -26,7 +27,6 @@ from trainer_plugin.encoding import (
     message_ids,
     prefix_ids,
 )
-from trainer_plugin.tokenizer import CHATGLM3_SPECIAL_TOKENS, load_tokenizer
 
 GOLDEN = SHARED / "golden" / "chatglm3"
 LAB = SHARED / "corpora" / "crosswoz-hotel-finetune-lab"

@@ -10,6 +10,7 @@ import torch
 from peft import PeftModel
 from transformers import GlmForCausalLM
 
+from dataprep.tokenizer import load_tokenizer
 from tests.trainer_plugin.test_train import (
     Run,
     shared_lora_run,
@@ -20,7 +21,6 @@ from trainer_plugin import merge as merge_module
 from trainer_plugin.encoding import encode_conversation
 from trainer_plugin.merge import MERGE_INFO, MergeVerificationError, merge
 from trainer_plugin.modeling import QuantConfig, load_causal_lm
-from trainer_plugin.tokenizer import load_tokenizer
 
 SAMPLE = {"conversations": [{"role": "user", "content": "帮我找一家评分4.5以上的经济型酒店"},
                             {"role": "assistant", "content": "好的，推荐您去北京饭店。"}]}

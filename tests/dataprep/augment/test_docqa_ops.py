@@ -19,7 +19,7 @@ from dataprep.readers.docqa import (
 )
 from dataprep.readers.dureader import DuReaderReader
 from dataprep.record import Conversation
-from trainer_plugin.tokenizer import load_tokenizer
+from dataprep.tokenizer import load_tokenizer
 
 from .conftest import conversations
 

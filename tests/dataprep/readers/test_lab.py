@@ -340,9 +340,9 @@ def test_facility_enum_option_shortens_the_tool_prompt_but_not_the_checks(
         repo_root: Path, tokenizer_dir: Path) -> None:
     from dataprep.readers.crosswoz import CrossWOZReader
     from dataprep.readers.lab import LabDialogReader
+    from dataprep.tokenizer import load_tokenizer
     from dataprep.tools import check_parameters
     from trainer_plugin.encoding import tool_system_prompt
-    from trainer_plugin.tokenizer import load_tokenizer
 
     db = str(repo_root / "data" / "hotel_db_sample.json")
     tok = load_tokenizer(tokenizer_dir)

@@ -107,7 +107,7 @@ def test_char_limits_per_role(tmp_path: Path) -> None:
 
 
 def test_token_limits_use_the_chatglm3_tokenizer(tokenizer_dir: Path, tmp_path: Path) -> None:
-    from trainer_plugin.tokenizer import load_tokenizer
+    from dataprep.tokenizer import load_tokenizer
 
     tok = load_tokenizer(str(tokenizer_dir))
     text = "发动机水温高，风扇始终是低速转动，高速档不工作。"

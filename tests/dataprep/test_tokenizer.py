@@ -1,4 +1,4 @@
-"""trainer_plugin.tokenizer: the ChatGLM3 SentencePiece adapter, the HF wrapper and the loader."""
+"""dataprep.tokenizer: the ChatGLM3 SentencePiece adapter, the HF wrapper and the loader."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer_plugin.encoding import encode_conversation
-from trainer_plugin.tokenizer import (
+from dataprep.tokenizer import (
     CHATGLM3_SPECIAL_TOKENS,
     ChatGLM3Tokenizer,
     HFTokenizer,
@@ -16,6 +15,7 @@ from trainer_plugin.tokenizer import (
     TokenizerError,
     load_tokenizer,
 )
+from trainer_plugin.encoding import encode_conversation
 
 
 @pytest.fixture(scope="module")

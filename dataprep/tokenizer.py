@@ -1,6 +1,8 @@
 """Tokenizers behind one small interface: our ChatGLM3 SentencePiece adapter, or any HF tokenizer.
 
-The encoder (:mod:`trainer_plugin.encoding`) needs only a handful of things from a tokenizer:
+It lives in ``dataprep`` because both sides need it: dataprep measures token lengths, and the
+trainer (which may import dataprep, never the other way round) builds ids and labels with it.
+The trainer's encoder needs only a handful of things from a tokenizer:
 ``encode(text)`` without special tokens, ``token_id(name)`` for the special/role tokens,
 ``eos_id``, ``pad_id``, ``vocab_size``, ``decode`` and ``convert_ids_to_tokens`` for humans.
 :class:`Tokenizer` spells that out; :func:`load_tokenizer` picks an implementation.
