@@ -97,16 +97,32 @@ def _distinct(keys: np.ndarray) -> np.ndarray:
     return keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if keys.size else keys
 
 
+def low_bytes(sigs: np.ndarray) -> np.ndarray:
+    """The low byte of every slot: a quarter of the signature, for :func:`verify`'s pre-check."""
+    return sigs.astype(np.uint8)
+
+
 def verify(sigs_a: np.ndarray, sigs_b: np.ndarray, a: np.ndarray, b: np.ndarray,
-           min_equal: int) -> tuple[np.ndarray, np.ndarray]:
+           min_equal: int, low_a: np.ndarray | None = None, low_b: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
     """Of the pairs ``(a[k], b[k])``, those whose signatures agree in at least ``min_equal``
-    slots: their positions in ``a``/``b`` and their agreeing slot counts."""
+    slots: their positions in ``a``/``b`` and their agreeing slot counts.
+
+    With the signatures' :func:`low_bytes`, pairs are first counted on those: two slots that
+    agree also agree in their low byte, so a pair below ``min_equal`` there is below it in full,
+    and only the rest (about the true matches) are compared in full. Verification reads random
+    rows, so a quarter of the bytes is ~2x faster on the many candidates that fail."""
     keep: list[np.ndarray] = []
     equal: list[np.ndarray] = []
     for s in range(0, a.size, _VERIFY):
-        eq = np.count_nonzero(sigs_a[a[s:s + _VERIFY]] == sigs_b[b[s:s + _VERIFY]], axis=1)
+        ca, cb = a[s:s + _VERIFY], b[s:s + _VERIFY]
+        idx = np.arange(ca.size)
+        if low_a is not None and low_b is not None:
+            idx = np.flatnonzero(np.count_nonzero(low_a[ca] == low_b[cb], axis=1) >= min_equal)
+            ca, cb = ca[idx], cb[idx]
+        eq = np.count_nonzero(sigs_a[ca] == sigs_b[cb], axis=1)
         ok = np.flatnonzero(eq >= min_equal)
-        keep.append(ok + s)
+        keep.append(idx[ok] + s)
         equal.append(eq[ok])
     if not keep:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
@@ -122,13 +138,14 @@ def self_join(sigs: np.ndarray, bands: int, rows: int, min_equal: int,
     found_eq: list[np.ndarray] = []
     pending: list[np.ndarray] = []
     size = candidates = 0
+    low = low_bytes(sigs)
 
     def flush() -> None:
         nonlocal size
         keys = _distinct(np.concatenate(pending))
         pending.clear()
         size = 0
-        ok, eq = verify(sigs, sigs, *split_keys(keys), min_equal)
+        ok, eq = verify(sigs, sigs, *split_keys(keys), min_equal, low, low)
         found_keys.append(keys[ok])
         found_eq.append(eq)
 
@@ -161,10 +178,11 @@ def band_pairs(sigs: np.ndarray, band: int, rows: int, min_equal: int
     keys_out: list[np.ndarray] = []
     eq_out: list[np.ndarray] = []
     candidates = 0
+    low = low_bytes(sigs)
     for chunk in _group_pairs(order, h[order]):
         candidates += chunk.size
         keys = _distinct(chunk)
-        ok, eq = verify(sigs, sigs, *split_keys(keys), min_equal)
+        ok, eq = verify(sigs, sigs, *split_keys(keys), min_equal, low, low)
         keys_out.append(keys[ok])
         eq_out.append(eq)
     if not keys_out:
@@ -202,6 +220,7 @@ class BandIndex:
         self.sigs = sigs
         self.bands = bands
         self.rows = rows
+        self._low = low_bytes(sigs)
         self._tables: list[tuple[np.ndarray, np.ndarray]] = []
         for band in range(bands):
             h = band_hashes(sigs, band, rows)
@@ -225,8 +244,9 @@ class BandIndex:
         if stats is not None:
             stats["candidates"] = stats.get("candidates", 0) + keys.size
         q, k = split_keys(keys)
-        ok, eq = verify(qsigs, self.sigs, q, k, min_equal)
+        ok, eq = verify(qsigs, self.sigs, q, k, min_equal, low_bytes(qsigs), self._low)
         return q[ok], k[ok], eq
 
     def nbytes(self) -> int:
-        return int(self.sigs.nbytes + sum(h.nbytes + o.nbytes for h, o in self._tables))
+        return int(self.sigs.nbytes + self._low.nbytes
+                   + sum(h.nbytes + o.nbytes for h, o in self._tables))
