@@ -3,6 +3,7 @@ the connected components the split stage moves together."""
 
 from __future__ import annotations
 
+import array
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -283,29 +284,28 @@ def find_duplicates(texts: Iterable[str], config: DedupConfig | None = None, *,
     store = _SignatureStore(cfg.num_perm, len(texts) if isinstance(texts, Sequence) else 1024)
     indexed: list[np.ndarray] = []  # record number of each stored signature
     first_of_key: dict[int, int] = {}
-    hashes: list[int] = []
-    exact_rep: list[int] = []
+    # 8 bytes per record each (a list would hold a Python int object per entry).
+    hashes = array.array("Q")
+    exact_rep = array.array("q")
     n = 0
     for batch in _batched(texts, batch_size):
         cps, lens = normalize_batch(batch)
-        new_rows = []
-        for row, h in enumerate(key_hashes(cps, lens)):
-            rep = first_of_key.setdefault(h, n + row)
-            exact_rep.append(rep)
-            hashes.append(h)
-            if rep == n + row and lens[row]:
-                new_rows.append(row)
-        if cfg.near and new_rows:
-            rows = np.asarray(new_rows, dtype=np.int64)
+        batch_hashes = key_hashes(cps, lens)
+        first = first_of_key.setdefault
+        reps = [first(h, i) for i, h in enumerate(batch_hashes, start=n)]
+        hashes.extend(batch_hashes)
+        exact_rep.extend(reps)
+        rows = np.flatnonzero((np.asarray(reps) == np.arange(n, n + len(batch))) & (lens > 0))
+        if cfg.near and rows.size:
             store.extend(hasher.from_codepoints(*_select(cps, lens, rows)))
             indexed.append(rows + n)
         n += len(batch)
         if on_batch is not None:
             on_batch(len(batch))
     records = np.concatenate(indexed) if indexed else np.empty(0, dtype=np.int64)
-    return cluster_signatures(np.asarray(exact_rep, dtype=np.int64),
-                              np.asarray(hashes, dtype=np.uint64), records, store.matrix(), cfg,
-                              guards=guards, stats=stats)
+    return cluster_signatures(np.frombuffer(exact_rep, dtype=np.int64).copy(),
+                              np.frombuffer(hashes, dtype=np.uint64).copy(), records,
+                              store.matrix(), cfg, guards=guards, stats=stats)
 
 
 PairFinder = Callable[[np.ndarray, int, int, int, dict], tuple[np.ndarray, np.ndarray, np.ndarray]]
