@@ -9,8 +9,8 @@ a cluster.
 4. Connected components and the keep decisions on the driver, over the verified pairs only
    (integers, a few per record), with the local engine's code.
 
-The driver holds the signatures of the distinct keys (512 bytes each at 128 permutations), like
-the local engine; beyond ~10^8 records they would be grouped by band on the cluster instead.
+The driver keeps the signatures of the distinct keys only (512 bytes each at 128 permutations),
+like the local engine; beyond ~10^8 records they would be grouped by band on the cluster instead.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from dataprep.dedup.engine import Clustering, DedupConfig, cluster_signatures
+from dataprep.dedup.engine import Clustering, DedupConfig, cluster_signatures, find_duplicates
 from dataprep.dedup.lsh import band_pairs, merge_pairs, split_keys
 from dataprep.dedup.minhash import MinHasher
 from dataprep.dedup.normalize import key_hashes, normalize_batch
@@ -63,6 +63,8 @@ def find_duplicates_ray(texts: Sequence[str], config: DedupConfig | None = None,
 
     cfg = config or DedupConfig()
     n = len(texts)
+    if n == 0:
+        return find_duplicates([], cfg, stats=stats)
     table = pa.table({"row": np.arange(n, dtype=np.int64), "text": pa.array(list(texts),
                                                                            pa.large_string())})
     ctx = ray.data.DataContext.get_current()
@@ -71,20 +73,26 @@ def find_duplicates_ray(texts: Sequence[str], config: DedupConfig | None = None,
         _Sign, fn_constructor_args=(cfg.num_perm, cfg.ngram, cfg.seed), batch_size=batch_size,
         batch_format="numpy", concurrency=1 if n <= batch_size else None)
     key_hash = np.empty(n, dtype=np.uint64)
-    empty = np.empty(n, dtype=bool)
-    sigs = np.empty((n, cfg.num_perm), dtype=np.uint32) if cfg.near else None
+    exact_rep = np.empty(n, dtype=np.int64)
+    first_of_key: dict[int, int] = {}
+    kept_rows: list[np.ndarray] = []
+    kept_sigs: list[np.ndarray] = []
+    # Batches arrive in input order (preserve_order), so "first record with this key" is decided
+    # as the local engine decides it, and only those records' signatures are kept.
     for batch in signed.iter_batches(batch_size=None, batch_format="numpy"):
         rows = batch["row"]
         key_hash[rows] = batch["key_hash"]
-        empty[rows] = batch["empty"]
-        if sigs is not None:
-            sigs[rows] = batch["sig"]
-    # The first record with each key hash, as the streaming pass finds it.
-    _, first, inverse = np.unique(key_hash, return_index=True, return_inverse=True)
-    exact_rep = first[inverse.ravel()].astype(np.int64)
-    records = np.flatnonzero((exact_rep == np.arange(n)) & ~empty) if cfg.near else \
-        np.empty(0, dtype=np.int64)
-    indexed = sigs[records] if sigs is not None else np.empty((0, cfg.num_perm), np.uint32)
-    del sigs
+        first = first_of_key.setdefault
+        reps = np.fromiter((first(int(h), int(r)) for h, r in zip(batch["key_hash"], rows,
+                                                                   strict=True)),
+                           dtype=np.int64, count=rows.size)
+        exact_rep[rows] = reps
+        new = (reps == rows) & ~batch["empty"]
+        if cfg.near and new.any():
+            kept_rows.append(rows[new])
+            kept_sigs.append(batch["sig"][new])
+    records = np.concatenate(kept_rows) if kept_rows else np.empty(0, dtype=np.int64)
+    indexed = (np.concatenate(kept_sigs) if kept_sigs
+               else np.empty((0, cfg.num_perm), dtype=np.uint32))
     return cluster_signatures(exact_rep, key_hash, records, indexed, cfg, guards=guards,
                               stats=stats, pairs=_ray_pairs)
