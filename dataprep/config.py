@@ -24,7 +24,7 @@ from dataprep.errors import ConfigError
 
 DEFAULT_STAGES: list[dict[str, Any]] = [{"name": "validate"}, {"name": "split"}, {"name": "write"}]
 TOP_KEYS = {"name", "seed", "strict", "out", "tokenizer", "hotel_db", "inputs", "stages",
-            "llm"}
+            "llm", "matching"}
 
 
 @dataclass
@@ -41,7 +41,8 @@ class RunConfig:
     """A resolved run config.
 
     ``out`` is where the splits go; ``tokenizer`` (a folder with ChatGLM3's tokenizer.model) makes
-    length limits count tokens; ``hotel_db`` is CrossWOZ's hotel_db.json for the hotel corpus.
+    length limits count tokens; ``hotel_db`` is CrossWOZ's hotel_db.json for the hotel corpus;
+    ``matching`` is the duplicate matching shared by dedup, split and the leakage audit.
     """
 
     name: str
@@ -53,6 +54,7 @@ class RunConfig:
     tokenizer: str | None = None
     hotel_db: str | None = None
     llm: dict[str, Any] = field(default_factory=dict)
+    matching: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -150,6 +152,15 @@ def _resolve_llm(llm: dict[str, Any], resolve: Any) -> dict[str, Any]:
     return out
 
 
+def _matching_section(section: Any) -> dict[str, Any]:
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"'matching' must be a mapping of options (threshold, ngram, ...), "
+                          f"got {section!r}")
+    return dict(section)
+
+
 def config_from_dict(raw: dict[str, Any], base_dir: str | Path = ".",
                      overrides: list[str] | None = None, out: str | None = None) -> RunConfig:
     raw = copy.deepcopy(raw)
@@ -191,5 +202,6 @@ def config_from_dict(raw: dict[str, Any], base_dir: str | Path = ".",
         tokenizer=resolve(raw.get("tokenizer")),
         hotel_db=resolve(raw.get("hotel_db")),
         llm=_resolve_llm(raw.get("llm") or {}, resolve),
+        matching=_matching_section(raw.get("matching")),
         raw=raw,
     )

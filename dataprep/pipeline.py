@@ -1,4 +1,5 @@
-"""Build a pipeline from a config and run it: readers -> stages -> splits, rejects, manifest."""
+"""Build a pipeline from a config and run it: readers -> stages -> splits, rejects, manifest ->
+post-run steps (expectations, report)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,21 @@ import dataprep
 from dataprep.config import RunConfig
 from dataprep.errors import AccountingError, ConfigError
 from dataprep.io import sha256_file, write_json_atomic
+from dataprep.matching import Matching, matching_config
 from dataprep.readers.base import Reader
 from dataprep.record import Conversation, Reject
-from dataprep.registry import reader_class, stage_class
-from dataprep.stages.base import RunContext, Stage, json_default, timed
+from dataprep.registry import is_post_run, reader_class, stage_class
+from dataprep.resources import Resources
+from dataprep.stages.base import (
+    FinishedRun,
+    PostRunStep,
+    RunContext,
+    Stage,
+    StageStats,
+    json_default,
+    timed,
+)
+from dataprep.stages.split import Split
 
 VERSIONED = ("datasets", "pandas", "jsonschema", "openai", "transformers", "torch", "peft",
              "bitsandbytes", "great_expectations", "rensa", "sentencepiece", "opencc",
@@ -52,21 +64,29 @@ def build_reader(name: str, path: str, options: dict[str, Any] | None = None,
         raise ConfigError(f"reader {name!r}: bad options {sorted(opts)}: {e}") from e
 
 
-def build_stages(specs: list[dict[str, Any]]) -> list[Stage]:
-    stages = []
+def build_resources(config: RunConfig) -> Resources:
+    """The run's shared resources; the matching config is resolved here, once."""
+    return Resources(hotel_db_path=config.hotel_db, tokenizer_path=config.tokenizer,
+                     llm=dict(config.llm),
+                     matching=Matching(matching_config(config.matching, config.stages)))
+
+
+def build_stages(specs: list[dict[str, Any]],
+                 resources: Resources | None = None) -> tuple[list[Stage], list[PostRunStep]]:
+    """Stages and post-run steps from the config's ``stages`` list, options checked."""
+    resources = resources if resources is not None else Resources()
+    stages: list[Stage] = []
+    post: list[PostRunStep] = []
     for spec in specs:
         opts = {k: v for k, v in spec.items() if k != "name"}
-        cls = stage_class(spec["name"])
-        try:
-            stages.append(cls(**opts))
-        except TypeError as e:
-            raise ConfigError(f"stage {spec['name']!r}: bad options {sorted(opts)}: {e}") from e
+        step = stage_class(spec["name"])(resources=resources, **opts)
+        (post if is_post_run(spec["name"]) else stages).append(step)
     names = [s.name for s in stages]
     if "write" not in names:
         raise ConfigError("the pipeline has no 'write' stage: add it (after 'split')")
     if "split" not in names or names.index("split") > names.index("write"):
         raise ConfigError("the pipeline needs a 'split' stage before 'write'")
-    return stages
+    return stages, post
 
 
 def read_all(readers: list[Reader], ctx: RunContext, progress: bool = True) -> Iterator[Conversation]:
@@ -94,16 +114,40 @@ class Pipeline:
         self.config = config
         self.readers = [build_reader(s.reader, s.path, s.options, config.hotel_db, config.seed)
                         for s in config.inputs]
-        self.stages = build_stages(config.stages)
+        self.resources = build_resources(config)
+        self.stages, self.post_run = build_stages(config.stages, self.resources)
 
     def run(self, out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
         out = Path(out_dir or self.config.out or f"out/{self.config.name}")
         out.mkdir(parents=True, exist_ok=True)
-        ctx = RunContext(out, seed=self.config.seed, strict=self.config.strict,
-                         config=self.config.raw, tokenizer_path=self.config.tokenizer,
-                         hotel_db_path=self.config.hotel_db)
-        ctx.artifacts["llm_config"] = self.config.llm
+        ctx = RunContext(out, seed=self.config.seed, strict=self.config.strict)
         started = time.time()
+        try:
+            for _ in self.stream(ctx, progress):
+                pass
+        except BaseException:
+            ctx.discard_rejects()
+            raise
+        ctx.write_rejects()
+        finish_seconds: dict[str, float] = {}
+        for stage in self.stages:
+            t0 = time.perf_counter()
+            ctx.current_stage = stage.name
+            stage.finish(ctx)
+            finish_seconds[stage.name] = time.perf_counter() - t0
+        left, right = ctx.counts.balance()
+        if left != right:
+            raise AccountingError(
+                f"records unaccounted for: input − rejected − removed + added = {left} but "
+                f"train + dev + test = {right}; a stage dropped records without a reason")
+        manifest = self.manifest(ctx, out, started, finish_seconds)
+        write_json_atomic(out / "manifest.json", manifest)
+        self.run_post_steps(out, manifest)
+        return manifest
+
+    def stream(self, ctx: RunContext, progress: bool = True) -> Iterable[Conversation]:
+        """The records coming out of the last stage (the engine's part: :mod:`dataprep.ray_engine`
+        runs the same stages on a Ray cluster)."""
         stream: Iterable[Conversation] = timed("read", read_all(self.readers, ctx, progress), ctx)
         for position, stage in enumerate(self.stages, start=1):
             stream = timed(stage.name, stage.run(stream, ctx), ctx)
@@ -112,38 +156,31 @@ class Pipeline:
                 # needs every record (split, dedup) the later bars show where the time goes.
                 stream = tqdm(stream, desc=stage.name, unit="rec", leave=False,
                               position=position, mininterval=0.5)
-        for _ in stream:
-            pass
-        ctx.write_rejects()
-        finish_seconds: dict[str, float] = {}
-        for stage in self.stages:
-            finish = getattr(stage, "finish", None)
-            if finish is not None:
-                t0 = time.perf_counter()
-                ctx.current_stage = stage.name
-                finish(ctx)
-                finish_seconds[stage.name] = time.perf_counter() - t0
-        left, right = ctx.counts.balance()
-        if left != right:
-            raise AccountingError(
-                f"records unaccounted for: input − rejected − removed + added = {left} but "
-                f"train + dev + test = {right}; a stage dropped records without a reason")
-        manifest = self.manifest(ctx, out, started, finish_seconds)
-        write_json_atomic(out / "manifest.json", manifest)
-        # Every after-manifest hook runs (the report must be built even when an expectation
-        # failed); the first error is raised once they all had their turn.
+        return stream
+
+    def run_post_steps(self, out: Path, manifest: dict[str, Any]) -> None:
+        """Each post-run step once, in config order. A failing step (expectations) does not stop
+        the later ones (the report explains the failure); the first error is raised after."""
+
+        def publish(stats: StageStats) -> None:
+            _merge_artifacts(manifest["artifacts"], _plain(stats.artifacts))
+            write_json_atomic(out / "manifest.json", manifest)
+
+        split = next(s for s in self.stages if isinstance(s, Split))
+        run = FinishedRun(out, manifest, split.ratios, publish)
         first_error: BaseException | None = None
-        for stage in self.stages:
-            after = getattr(stage, "after_manifest", None)
-            if after is None:
-                continue
+        for step in self.post_run:
+            t0 = time.perf_counter()
             try:
-                after(ctx, manifest)
+                step.run(run)
             except Exception as e:  # noqa: BLE001 - re-raised below
                 first_error = first_error or e
+            manifest["seconds"]["post_run"][step.name] = round(time.perf_counter() - t0, 4)
+            if step.stats:
+                manifest["stage_stats"][step.name] = _plain(dict(step.stats))
+            publish(step.stats)
         if first_error is not None:
             raise first_error
-        return manifest
 
     def manifest(self, ctx: RunContext, out: Path, started: float,
                  finish_seconds: dict[str, float] | None = None) -> dict[str, Any]:
@@ -159,6 +196,9 @@ class Pipeline:
         if "llm" in cfg:
             cfg["llm"] = {k: v for k, v in cfg["llm"].items() if "key" not in k.lower()
                           or k.lower().endswith("_env")}
+        artifacts: dict[str, Any] = {}
+        for stage in self.stages:
+            _merge_artifacts(artifacts, _plain(stage.stats.artifacts))
         return {
             "name": self.config.name,
             "dataprep_version": dataprep.__version__,
@@ -169,13 +209,26 @@ class Pipeline:
             "packages": package_versions(),
             "counts": ctx.counts.as_manifest(),
             "identity": "input - rejected - removed + added = train + dev + test",
-            "stages": [{"name": s.name, "options": s.describe()} for s in self.stages],
-            "stage_stats": _plain(dict(ctx.stats)),
-            "seconds": {"total": round(time.time() - started, 3), "by_stage": own},
+            "matching": self.resources.matching.config.as_dict(),
+            "stages": [{"name": s.name, "options": _plain(s.describe())} for s in self.stages],
+            "post_run": [{"name": s.name, "options": _plain(s.describe())}
+                         for s in self.post_run],
+            "stage_stats": {s.name: _plain(dict(s.stats)) for s in self.stages if s.stats},
+            "seconds": {"total": round(time.time() - started, 3), "by_stage": own,
+                        "post_run": {}},
             "outputs": {name: str(out / f"{name}.jsonl") for name in ("train", "dev", "test",
                                                                        "rejects")},
-            "artifacts": _plain({k: v for k, v in ctx.artifacts.items() if k != "llm_config"}),
+            "artifacts": artifacts,
         }
+
+
+def _merge_artifacts(into: dict[str, Any], new: dict[str, Any]) -> None:
+    """Add a step's artifacts; a mapping already there (the leakage audit) is merged key by key."""
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            into[key].update(value)
+        else:
+            into[key] = value
 
 
 def _plain(obj: Any) -> Any:

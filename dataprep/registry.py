@@ -11,16 +11,19 @@ from typing import Any
 
 from dataprep.errors import ConfigError
 
-READERS: dict[str, str] = {
-    "spo": "dataprep.readers.spo:SpoReader",
-    "multidoc_qa": "dataprep.readers.multidoc_qa:MultiDocQAReader",
-    "cmrc2018": "dataprep.readers.cmrc2018:Cmrc2018Reader",
-    "dureader": "dataprep.readers.dureader:DuReaderReader",
-    "crosswoz": "dataprep.readers.crosswoz:CrossWOZReader",
-    "lab_dialog": "dataprep.readers.lab:LabDialogReader",
-    "lab_chatglm3": "dataprep.readers.lab:LabChatGLM3Reader",
+# Generic formats that are no corpus of their own; every corpus package adds its readers
+# (dataprep.corpora).
+FORMAT_READERS: dict[str, str] = {
     "chatglm3": "dataprep.readers.chatglm3:ChatGLM3Reader",
 }
+
+
+def readers() -> dict[str, str]:
+    """Reader name -> import string: the corpus readers, then the generic formats."""
+    from dataprep.corpora import reader_specs
+
+    return {**reader_specs(), **FORMAT_READERS}
+
 
 STAGES: dict[str, str] = {
     "clean": "dataprep.stages.clean:Clean",
@@ -30,6 +33,11 @@ STAGES: dict[str, str] = {
     "split": "dataprep.stages.split:Split",
     "augment": "dataprep.stages.augment:Augment",
     "write": "dataprep.stages.write:Write",
+}
+
+# Steps that run once on the finished run folder, after manifest.json is written. In a config
+# they are listed among the stages (their position there does not matter, their order does).
+POST_RUN: dict[str, str] = {
     "expectations": "dataprep.stages.expectations:Expectations",
     "report": "dataprep.stages.report:Report",
 }
@@ -37,7 +45,8 @@ STAGES: dict[str, str] = {
 
 def _load(table: dict[str, str], kind: str, name: str) -> Any:
     if name not in table:
-        raise ConfigError(f"unknown {kind} {name!r}; available: {', '.join(sorted(table))}")
+        names = sorted({**STAGES, **POST_RUN}) if kind == "stage" else sorted(table)
+        raise ConfigError(f"unknown {kind} {name!r}; available: {', '.join(names)}")
     module, _, attr = table[name].partition(":")
     try:
         return getattr(importlib.import_module(module), attr)
@@ -46,8 +55,13 @@ def _load(table: dict[str, str], kind: str, name: str) -> Any:
 
 
 def reader_class(name: str) -> Any:
-    return _load(READERS, "reader", name)
+    return _load(readers(), "reader", name)
 
 
 def stage_class(name: str) -> Any:
-    return _load(STAGES, "stage", name)
+    """The class of a stage or of a post-run step (both are listed under ``stages:``)."""
+    return _load({**STAGES, **POST_RUN}, "stage", name)
+
+
+def is_post_run(name: str) -> bool:
+    return name in POST_RUN

@@ -370,3 +370,13 @@ def grounding_score(answer: str, documents: Iterable[str], n: int = 2) -> float:
     for doc in documents:
         pool.update(char_ngrams(doc, k))
     return sum(1 for g in grams if g in pool) / len(grams)
+
+
+def squash(text: str) -> str:
+    """Text without whitespace, for containment checks: "布丁酒店(北京国贸永安里地铁站店 )" still
+    matches a reply that spells the name without the stray space.
+
+    >>> squash(" 北京 国贸\\n店 ")
+    '北京国贸店'
+    """
+    return "".join(text.split())

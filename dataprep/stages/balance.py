@@ -3,11 +3,11 @@
 The label is chosen per corpus (``label``, a name or a mapping corpus -> name):
 
 - ``label``: the record's own label (SPO: its rarest relation; whatever the reader set);
-- ``scenario``: the hotel dialogue's scenario, :func:`dataprep.hotel_db.scenario_label`
-  (facility / rating / price / name / type / followup / closing);
-- ``answer_length`` / ``doc_length``: doc-QA length buckets of the answer or of the positive
-  documents, in characters (edges in ``buckets``);
-- ``meta.KEY``: any value the reader put in ``meta``.
+- ``meta.KEY``: any value the reader put in ``meta``;
+- a label a corpus package declares (:mod:`dataprep.corpora`): ``scenario`` (hotel: facility /
+  rating / price / name / type / followup / closing), ``answer_length`` / ``doc_length`` (doc-QA
+  length buckets of the answer or of the positive documents, in characters; edges in
+  ``buckets``).
 
 Modes: ``cap`` downsamples every class above ``cap`` records (seeded sample, removed with reason
 ``balance_downsample``); ``floor`` upsamples every class below ``floor`` with copies made by
@@ -26,7 +26,7 @@ seeded by the run seed and the class, so the result does not depend on input ord
 
 Each corpus, and after the split each balanced split, is balanced on its own (its own median).
 
-``ctx.stats["balance"]``: label, mode, splits, ``before``/``after`` class sizes (flat, keyed
+``Balance.stats``: label, mode, splits, ``before``/``after`` class sizes (flat, keyed
 ``corpus:label`` or ``corpus/split:label`` when several groups are balanced), ``by_corpus`` (one
 entry per group) with the resolved cap, floor and median, ``removed``, ``added`` and, in weight
 mode, ``weights``.
@@ -41,33 +41,21 @@ import random
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from dataprep.errors import ConfigError
 from dataprep.record import Conversation
-from dataprep.stages.base import RunContext, Stage
+from dataprep.stages.base import RunContext, Stage, StageOptions
 
 MODES = ("cap", "floor", "both", "weight")
-DEFAULT_BUCKETS = {"answer_length": (10, 30, 100, 300), "doc_length": (500, 1000, 2000, 5000)}
 NO_LABEL = "(none)"
 
 
-def length_bucket(n: int, edges: Iterable[int]) -> str:
-    """The bucket name of a length: ``"0-10"``, ``"11-30"``, ... ``">300"``.
-
-    >>> length_bucket(7, (10, 30)), length_bucket(30, (10, 30)), length_bucket(31, (10, 30))
-    ('0-10', '11-30', '>30')
-    """
-    lo = 0
-    for edge in edges:
-        if n <= edge:
-            return f"{lo}-{edge}"
-        lo = edge + 1
-    return f">{lo - 1}"
-
-
 def label_function(name: str, buckets: Iterable[int] | None = None) -> Callable[[Conversation], str]:
-    """A function record -> class name for a ``label`` option value (see the module docstring).
+    """A function record -> class name for a ``label`` option value: ``label`` (the record's
+    own), ``meta.KEY``, or a label a corpus package declares (``scenario``, ``answer_length``,
+    ``doc_length``, ...; see :mod:`dataprep.corpora`).
 
     >>> from dataprep.record import Lineage, Message
     >>> rec = Conversation(id="a", messages=[Message("user", "q")], meta={"answer": "北京"},
@@ -75,35 +63,18 @@ def label_function(name: str, buckets: Iterable[int] | None = None) -> Callable[
     >>> label_function("answer_length")(rec)
     '0-10'
     """
+    from dataprep.corpora import label_names, label_spec, load
+
     if name == "label":
         return lambda rec: rec.label if rec.label is not None else NO_LABEL
-    if name == "scenario":
-        from dataprep.hotel_db import scenario_label
-
-        return scenario_label
-    if name in DEFAULT_BUCKETS:
-        edges = tuple(buckets) if buckets is not None else DEFAULT_BUCKETS[name]
-        if list(edges) != sorted(set(edges)):
-            raise ConfigError(f"balance.buckets must be increasing numbers, got {list(edges)}")
-        if name == "answer_length":
-            def answer_len(rec: Conversation) -> str:
-                answer = rec.meta.get("answer")
-                return length_bucket(len(answer), edges) if isinstance(answer, str) else NO_LABEL
-
-            return answer_len
-
-        def doc_len(rec: Conversation) -> str:
-            docs = rec.meta.get("positive_docs")
-            if not isinstance(docs, list):
-                return NO_LABEL
-            return length_bucket(sum(len(d) for d in docs if isinstance(d, str)), edges)
-
-        return doc_len
     if name.startswith("meta."):
         key = name[5:]
         return lambda rec: str(rec.meta[key]) if rec.meta.get(key) is not None else NO_LABEL
-    raise ConfigError(f"balance.label: unknown label {name!r}; use label, scenario, "
-                      "answer_length, doc_length or meta.KEY")
+    spec = label_spec(name)
+    if spec is None:
+        raise ConfigError(f"balance.label: unknown label {name!r}; use label, "
+                          f"{', '.join(label_names())} or meta.KEY")
+    return load(spec)(buckets)
 
 
 def resolve_count(name: str, value: int | float, median: float) -> int:
@@ -118,17 +89,23 @@ def resolve_count(name: str, value: int | float, median: float) -> int:
     return int(value) if isinstance(value, int) else max(1, round(value * median))
 
 
-class Balance(Stage):
-    """Options: ``label`` (name, or corpus -> name), ``mode`` (cap|floor|both|weight), ``cap``,
-    ``floor``, ``max_weight``, ``splits`` (after split; default ``[train]``), ``buckets``
-    (length bucket edges), ``seed`` (default: the run seed). See the module docstring."""
+@dataclass
+class BalanceOptions(StageOptions):
+    """``label`` (name, or corpus -> name), ``mode`` (cap|floor|both|weight), ``cap``, ``floor``,
+    ``max_weight``, ``splits`` (after split; default ``[train]``), ``buckets`` (length bucket
+    edges), ``seed`` (default: the run seed). See the module docstring."""
 
-    name = "balance"
+    label: str | dict[str, str] = "label"
+    mode: str = "cap"
+    cap: int | float | None = None
+    floor: int | float | None = None
+    max_weight: float | None = None
+    splits: list[str] | None = None
+    buckets: list[int] | None = None
+    seed: int | None = None
 
-    def __init__(self, *, label: str | dict[str, str] = "label", mode: str = "cap",
-                 cap: int | float | None = None, floor: int | float | None = None,
-                 max_weight: float | None = None, splits: list[str] | None = None,
-                 buckets: list[int] | None = None, seed: int | None = None) -> None:
+    def __post_init__(self) -> None:
+        mode, cap, floor = self.mode, self.cap, self.floor
         if mode not in MODES:
             raise ConfigError(f"balance.mode must be one of {', '.join(MODES)}, got {mode!r}")
         if mode in ("cap", "both") and cap is None:
@@ -140,21 +117,29 @@ class Balance(Stage):
         for opt, value in (("cap", cap), ("floor", floor)):
             if value is not None:
                 resolve_count(opt, value, 1.0)  # type check now, not at the first record
-        if max_weight is not None and max_weight <= 0:
-            raise ConfigError(f"balance.max_weight must be positive, got {max_weight!r}")
-        if splits is not None and (not splits or not all(isinstance(s, str) for s in splits)):
+        if self.max_weight is not None and self.max_weight <= 0:
+            raise ConfigError(f"balance.max_weight must be positive, got {self.max_weight!r}")
+        splits = self.splits
+        if splits is not None and (not splits or not all(isinstance(x, str) for x in splits)):
             raise ConfigError(f"balance.splits must be a list of split names, got {splits!r}")
-        self.label = label
-        self.mode = mode
-        self.cap = cap
-        self.floor = floor
-        self.max_weight = max_weight
-        self.splits = list(splits) if splits is not None else None
-        self.buckets = list(buckets) if buckets is not None else None
-        self.seed = seed
-        for name in (label.values() if isinstance(label, dict) else [label]):
-            if name != "scenario":  # imported lazily: it needs the hotel module
-                label_function(name, self.buckets)
+
+
+class Balance(Stage):
+    """Options: :class:`BalanceOptions`. See the module docstring."""
+
+    name = "balance"
+
+    Options = BalanceOptions
+    options: BalanceOptions
+
+    def setup(self) -> None:
+        o = self.options
+        self.label, self.mode, self.cap, self.floor = o.label, o.mode, o.cap, o.floor
+        self.max_weight, self.seed = o.max_weight, o.seed
+        self.splits = list(o.splits) if o.splits is not None else None
+        self.buckets = list(o.buckets) if o.buckets is not None else None
+        for name in (o.label.values() if isinstance(o.label, dict) else [o.label]):
+            label_function(name, self.buckets)  # an unknown label or bad buckets fail now
 
     def _label_of(self, corpus: str) -> Callable[[Conversation], str]:
         name = self.label.get(corpus, "label") if isinstance(self.label, dict) else self.label
@@ -197,7 +182,7 @@ class Balance(Stage):
                 continue
             out.append(rec)
             out.extend(copies.get(id(rec), []))
-        self._write_stats(ctx, by_corpus, after_split, targets)
+        self._write_stats(by_corpus, after_split, targets)
         yield from out
 
     def _balance_group(self, group: str, members: dict[str, list[Conversation]], seed: int,
@@ -254,7 +239,7 @@ class Balance(Stage):
             info["weights"] = weights
         return info
 
-    def _write_stats(self, ctx: RunContext, by_corpus: dict[str, Any], after_split: bool,
+    def _write_stats(self, by_corpus: dict[str, Any], after_split: bool,
                      targets: set[str] | None) -> None:
         multi = len(by_corpus) > 1
 
@@ -263,7 +248,7 @@ class Balance(Stage):
                     for c, info in by_corpus.items() for label, n in info[key].items()}
 
         before, after = flat("before"), flat("after")
-        st = ctx.stats[self.name]
+        st = self.stats
         st.update({
             "label": self.label, "mode": self.mode,
             "applied": "after_split" if after_split else "before_split",

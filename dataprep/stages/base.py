@@ -1,25 +1,33 @@
-"""The stage protocol and the run context that keeps the books.
+"""The stage protocol, the post-run step protocol and the run context that keeps the books.
 
 A stage is an object with a ``name`` and ``run(records, ctx)``, a generator over conversations.
 Whatever it does not pass on it must hand to ``ctx.remove`` or ``ctx.reject`` with a reason code,
 and whatever it creates it must announce with ``ctx.add``: that is what lets every run prove
 
     input − rejected − removed + added = train + dev + test.
+
+A stage is built from a typed options object (a dataclass, ``Options``; an unknown option is a
+one-line :class:`ConfigError` naming the valid ones) and the typed :class:`Resources` it declares
+in ``uses``. What it reports goes into its own :class:`StageStats`; no stage reads another's.
+A post-run step (:class:`PostRunStep`: expectations, report) runs once after the manifest is
+written, on the finished run folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 from dataprep.errors import ConfigError, StrictModeError
 from dataprep.io import AtomicWriter, dumps
 from dataprep.record import Conversation, Reject
+from dataprep.resources import Resources
 
 
 @dataclass
@@ -52,24 +60,18 @@ class Counts:
 
 
 class RunContext:
-    """Shared state of one run: counts, rejects file, per-stage stats, lazily loaded resources."""
+    """The books of one run: counts, rejects, which stage is running. Nothing else is shared."""
 
-    def __init__(self, out_dir: str | Path, *, seed: int = 42, strict: bool = False,
-                 config: dict[str, Any] | None = None, tokenizer_path: str | None = None,
-                 hotel_db_path: str | None = None) -> None:
+    def __init__(self, out_dir: str | Path, *, seed: int = 42, strict: bool = False) -> None:
         self.out_dir = Path(out_dir)
         self.seed = seed
         self.strict = strict
-        self.config = config or {}
-        self.tokenizer_path = tokenizer_path
-        self.hotel_db_path = hotel_db_path
         self.counts = Counts()
-        self.stats: dict[str, dict[str, Any]] = defaultdict(dict)
-        self.timings: dict[str, float] = defaultdict(float)
-        self.rejects: list[Reject] = []
-        self._tokenizer: Any = None
-        self._hotel_db: Any = None
-        self.artifacts: dict[str, Any] = {}
+        self.timings: dict[str, float] = Counter()
+        # Rejects go to OUT/rejects.jsonl as they happen (a temp file, renamed by
+        # write_rejects): a run never holds them with their records in memory.
+        self._rejects_writer: AtomicWriter | None = None
+        self._rejects_fh: IO[str] | None = None
         # The stage whose code is running right now (maintained by ``timed``), so that an
         # addition is credited to the stage that made it.
         self.current_stage = "read"
@@ -86,7 +88,7 @@ class RunContext:
             self.counts.rejected[rej.reason] += 1
             if self.strict:
                 raise StrictModeError(f"{rej.location()}: {rej.message} [{rej.reason}]")
-        self.rejects.append(rej)
+        self._rejects_file().write(dumps(rej.to_dict()) + "\n")
 
     def reject_record(self, rec: Conversation, reason: str, message: str, *, stage: str,
                       kind: str = "rejected", kept_id: str | None = None) -> None:
@@ -105,47 +107,111 @@ class RunContext:
         self.counts.added_by_stage[self.current_stage] += 1
         return rec
 
-    def stat(self, stage: str, key: str, inc: int = 1) -> None:
-        self.stats[stage][key] = self.stats[stage].get(key, 0) + inc
+    def _rejects_file(self) -> IO[str]:
+        if self._rejects_fh is None:
+            self._rejects_writer = AtomicWriter(self.out_dir / "rejects.jsonl")
+            self._rejects_fh = self._rejects_writer.__enter__()
+        return self._rejects_fh
+
+    @property
+    def rejects(self) -> list[Reject]:
+        """The rejects so far, read back from the file being written (for tests and tools)."""
+        if self._rejects_fh is None or self._rejects_writer is None:
+            return []
+        self._rejects_fh.flush()
+        with open(self._rejects_writer.temp_path, encoding="utf-8") as fh:
+            return [Reject(**json.loads(line)) for line in fh]
 
     def write_rejects(self) -> Path:
-        path = self.out_dir / "rejects.jsonl"
-        with AtomicWriter(path) as fh:
-            for rej in self.rejects:
-                fh.write(dumps(rej.to_dict()) + "\n")
-        return path
+        """Commit ``rejects.jsonl`` (empty when nothing was rejected)."""
+        self._rejects_file()
+        assert self._rejects_writer is not None
+        self._rejects_writer.__exit__(None, None, None)
+        self._rejects_writer = self._rejects_fh = None
+        return self.out_dir / "rejects.jsonl"
 
-    # -- shared resources --------------------------------------------------------------------
-    @property
-    def tokenizer(self) -> Any:
-        """The ChatGLM3 tokenizer when the config names one (``tokenizer: PATH``), else None."""
-        if self._tokenizer is None and self.tokenizer_path:
-            from dataprep.tokenizer import load_tokenizer
-
-            self._tokenizer = load_tokenizer(self.tokenizer_path)
-        return self._tokenizer
-
-    @property
-    def hotel_db(self) -> Any:
-        if self._hotel_db is None:
-            if not self.hotel_db_path:
-                raise ConfigError("this stage needs the hotel database: set 'hotel_db: PATH' "
-                                  "in the config (or --hotel-db)")
-            from dataprep.hotel_db import HotelDB
-
-            self._hotel_db = HotelDB.load(self.hotel_db_path)
-        return self._hotel_db
+    def discard_rejects(self) -> None:
+        """Drop the rejects file being written (the run failed: the previous file stays)."""
+        if self._rejects_writer is not None:
+            self._rejects_writer.__exit__(RuntimeError, None, None)
+            self._rejects_writer = self._rejects_fh = None
 
 
-class Stage:
-    """Base class. Subclasses set ``name`` and override :meth:`process` (one record in, zero or
-    more out) or :meth:`run` (whole stream, for stages that need every record, like split)."""
+class StageStats(dict):
+    """What one stage or post-run step reports: its counters (the manifest's
+    ``stage_stats.NAME``) and, in ``artifacts``, the larger things it produced (the manifest's
+    ``artifacts``: duplicate clusters, the leakage audit, expectation results)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.artifacts: dict[str, Any] = {}
+
+    def inc(self, key: str, n: int = 1) -> None:
+        self[key] = self.get(key, 0) + n
+
+
+@dataclass
+class StageOptions:
+    """Base of every ``Options`` dataclass. Subclasses check values in ``__post_init__``."""
+
+
+def parse_options(cls: type[StageOptions], owner: str, given: dict[str, Any],
+                  moved: dict[str, str] | None = None) -> StageOptions:
+    """Build ``cls`` from a config mapping: an unknown or misspelled option is one line that
+    names the valid ones.
+
+    >>> parse_options(Split.Options, "stage 'split'", {"ratio": [1, 1, 1]})  # doctest: +SKIP
+    ConfigError: stage 'split': unknown option 'ratio'; valid: ratios, stratify, ...
+    """
+    valid = [f.name for f in dataclasses.fields(cls)]
+    for key in given:
+        if key not in valid:
+            hint = f" ({moved[key]})" if moved and key in moved else ""
+            raise ConfigError(f"{owner}: unknown option {key!r}; valid: "
+                              f"{', '.join(valid) or '(none)'}{hint}")
+    try:
+        return cls(**given)
+    except TypeError as e:  # a required option is missing
+        raise ConfigError(f"{owner}: {e}") from e
+
+
+class _Configured:
+    """Shared construction of stages and post-run steps: options + declared resources."""
 
     name: ClassVar[str] = "stage"
+    kind: ClassVar[str] = "stage"
+    Options: ClassVar[type[StageOptions]] = StageOptions
+    uses: ClassVar[tuple[str, ...]] = ()
+    """The :class:`Resources` this step reads (hotel_db, tokenizer, llm, matching)."""
+    moved_options: ClassVar[dict[str, str]] = {}
+    """Options that used to be accepted here -> where they went (for the error message)."""
 
-    def __init__(self, **options: Any) -> None:
-        if options:
-            raise ConfigError(f"stage {self.name!r} got unknown options {sorted(options)}")
+    def __init__(self, options: StageOptions | None = None, /, *,
+                 resources: Resources | None = None, **kwargs: Any) -> None:
+        if options is None:
+            options = parse_options(self.Options, f"{self.kind} {self.name!r}", kwargs,
+                                    self.moved_options)
+        elif kwargs:
+            raise ConfigError(f"{self.kind} {self.name!r}: pass options either as an Options "
+                              f"object or as keywords, not both")
+        self.options = options
+        self.resources = resources if resources is not None else Resources()
+        self.resources.check(f"{self.kind} {self.name!r}", self.uses)
+        self.stats = StageStats()
+        self.setup()
+
+    def setup(self) -> None:
+        """Derive what the step needs from its options (override; called by ``__init__``)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Options as resolved, for the manifest."""
+        return dataclasses.asdict(self.options)
+
+
+class Stage(_Configured):
+    """Base class. Subclasses set ``name`` and ``Options`` and override :meth:`process` (one
+    record in, zero or more out) or :meth:`run` (whole stream, for stages that need every record,
+    like split). :meth:`finish` runs once after the stream has ended, before the manifest."""
 
     def run(self, records: Iterable[Conversation], ctx: RunContext) -> Iterator[Conversation]:
         for rec in records:
@@ -154,9 +220,8 @@ class Stage:
     def process(self, rec: Conversation, ctx: RunContext) -> Iterator[Conversation]:
         yield rec
 
-    def describe(self) -> dict[str, Any]:
-        """Options as resolved, for the manifest."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+    def finish(self, ctx: RunContext) -> None:
+        """Called once after every record went through every stage (default: nothing)."""
 
 
 class Filter(Stage):
@@ -175,6 +240,37 @@ class Filter(Stage):
         else:
             reason, message = verdict
             ctx.reject_record(rec, reason, message, stage=self.name, kind=self.drop_kind)
+
+
+def _no_publish(stats: StageStats) -> None:
+    return None
+
+
+@dataclass
+class FinishedRun:
+    """What a post-run step gets: the run folder (splits, rejects, manifest.json written), the
+    manifest as written so far, the split ratios the run used, and ``publish(stats)``, which adds
+    a step's artifacts to manifest.json right away (the pipeline does it after each step anyway;
+    the report calls it because it renders the manifest)."""
+
+    out_dir: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    publish: Callable[[StageStats], None] = _no_publish
+
+
+class PostRunStep(_Configured):
+    """A step that runs once, after ``manifest.json`` is written, on the finished run folder.
+
+    :meth:`run` puts what it produced into ``self.stats.artifacts`` (the pipeline adds it to the
+    manifest and rewrites it) and raises to fail the run; every post-run step gets its turn
+    before the first error is raised, so the report explains a failed expectation run.
+    """
+
+    kind: ClassVar[str] = "post-run step"
+
+    def run(self, run: FinishedRun) -> None:
+        raise NotImplementedError
 
 
 def timed(stage_name: str, records: Iterable[Conversation], ctx: RunContext) -> Iterator[Conversation]:

@@ -3,8 +3,9 @@
 What is cleaned, and why:
 
 - the ``content`` of ``system``/``user``/``assistant``/``observation`` messages (``roles``);
-- the reader's parsed copies of that text in ``meta`` (``meta_fields``: the SPO source text and
-  triples, the doc-QA question, answer and documents), with the same rules, so that ``validate``
+- the reader's parsed copies of that text in ``meta`` (``meta_fields``; default: the keys the
+  corpus packages declare, e.g. the SPO source text and triples, the doc-QA question, answer and
+  documents), with the same rules, so that ``validate``
   compares like with like ("ＡＢＳ泵" in the text and "ABS泵" in a cleaned triple would not match);
 - **not** tool calls. A tool message's ``parameters`` are what the model must learn to emit
   against a real database, and its ``observation`` is database output: rewriting a hotel name there
@@ -20,7 +21,7 @@ per role, e.g. ``max_tokens: {user: 2048, assistant: 1024}``.
 
 Reason codes: ``empty_field`` (a message was empty in the input), ``empty_after_clean`` (cleaning
 left nothing), both rejects; ``too_short``/``too_long``, removals (good input outside the
-configured limits). Stats: ``ctx.stats["clean"]`` = records in/changed, changes by kind
+configured limits). Stats: ``Clean.stats`` = records in/changed, changes by kind
 (occurrences) and records changed by kind; each changed record's lineage gets ``clean:KIND`` ops.
 
 >>> Clean(max_chars={"user": 4000}, t2s=True).max_chars
@@ -30,15 +31,15 @@ configured limits). Stats: ``ctx.stats["clean"]`` = records in/changed, changes 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
+from dataprep.corpora import meta_fields
 from dataprep.errors import ConfigError
 from dataprep.record import TEXT_ROLES, Conversation
-from dataprep.stages.base import RunContext, Stage
+from dataprep.stages.base import RunContext, Stage, StageOptions
 from dataprep.text import CHANGE_KINDS, NormalizeOptions, normalize, normalize_value
-
-DEFAULT_META_FIELDS = ("text", "triples", "question", "answer", "positive_docs", "negative_docs")
 
 Limit = int | dict[str, int] | None
 
@@ -62,6 +63,29 @@ def _per_role(name: str, value: Limit, roles: tuple[str, ...]) -> dict[str, int]
     return dict(value)
 
 
+@dataclass
+class CleanOptions(StageOptions):
+    """The :class:`~dataprep.text.NormalizeOptions` switches, the roles and meta fields cleaned,
+    ``tool_observation`` and the length limits (see the module docstring)."""
+
+    roles: list[str] | tuple[str, ...] = TEXT_ROLES
+    meta_fields: list[str] | tuple[str, ...] | None = None
+    tool_observation: bool = False
+    html: bool = True
+    control: bool = True
+    zero_width: bool = True
+    literal_newlines: str = "auto"
+    nfc: bool = True
+    t2s: bool = False
+    fullwidth: bool = True
+    cjk_punct: bool = True
+    whitespace: bool = True
+    min_chars: Limit = None
+    max_chars: Limit = None
+    min_tokens: Limit = None
+    max_tokens: Limit = None
+
+
 class Clean(Stage):
     """Options: the :class:`~dataprep.text.NormalizeOptions` switches (``html``, ``control``,
     ``zero_width``, ``literal_newlines``, ``nfc``, ``t2s``, ``fullwidth``, ``cjk_punct``,
@@ -70,32 +94,32 @@ class Clean(Stage):
 
     name = "clean"
 
-    def __init__(self, *, roles: Iterable[str] = TEXT_ROLES,
-                 meta_fields: Iterable[str] = DEFAULT_META_FIELDS,
-                 tool_observation: bool = False,
-                 html: bool = True, control: bool = True, zero_width: bool = True,
-                 literal_newlines: str = "auto", nfc: bool = True, t2s: bool = False,
-                 fullwidth: bool = True, cjk_punct: bool = True, whitespace: bool = True,
-                 min_chars: Limit = None, max_chars: Limit = None,
-                 min_tokens: Limit = None, max_tokens: Limit = None) -> None:
-        self.roles = tuple(roles)
+    Options = CleanOptions
+    uses = ("tokenizer",)
+    options: CleanOptions
+
+    def setup(self) -> None:
+        o = self.options
+        self.roles = tuple(o.roles)
         bad = [r for r in self.roles if r not in TEXT_ROLES]
         if bad:
             raise ConfigError(f"clean.roles: {bad} have no text content; choose from "
                               f"{list(TEXT_ROLES)} (tool calls are never rewritten)")
-        if literal_newlines not in ("auto", "always", "never"):
+        if o.literal_newlines not in ("auto", "always", "never"):
             raise ConfigError("clean.literal_newlines must be auto, always or never, "
-                              f"got {literal_newlines!r}")
-        self.meta_fields = tuple(meta_fields)
-        self.tool_observation = bool(tool_observation)
+                              f"got {o.literal_newlines!r}")
+        # Default: the text-bearing meta keys every corpus package declares.
+        self.meta_fields = tuple(o.meta_fields) if o.meta_fields is not None else meta_fields()
+        self.tool_observation = bool(o.tool_observation)
         self.normalize = NormalizeOptions(
-            html=html, control=control, zero_width=zero_width,
-            literal_newlines=literal_newlines,  # type: ignore[arg-type]
-            nfc=nfc, t2s=t2s, fullwidth=fullwidth, cjk_punct=cjk_punct, whitespace=whitespace)
-        self.min_chars = _per_role("min_chars", min_chars, self.roles)
-        self.max_chars = _per_role("max_chars", max_chars, self.roles)
-        self.min_tokens = _per_role("min_tokens", min_tokens, self.roles)
-        self.max_tokens = _per_role("max_tokens", max_tokens, self.roles)
+            html=o.html, control=o.control, zero_width=o.zero_width,
+            literal_newlines=o.literal_newlines,  # type: ignore[arg-type]
+            nfc=o.nfc, t2s=o.t2s, fullwidth=o.fullwidth, cjk_punct=o.cjk_punct,
+            whitespace=o.whitespace)
+        self.min_chars = _per_role("min_chars", o.min_chars, self.roles)
+        self.max_chars = _per_role("max_chars", o.max_chars, self.roles)
+        self.min_tokens = _per_role("min_tokens", o.min_tokens, self.roles)
+        self.max_tokens = _per_role("max_tokens", o.max_tokens, self.roles)
         for role in self.roles:
             for lo, hi, unit in ((self.min_chars, self.max_chars, "chars"),
                                  (self.min_tokens, self.max_tokens, "tokens")):
@@ -105,12 +129,14 @@ class Clean(Stage):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d["normalize"] = self.normalize.as_dict()
+        d.update(roles=list(self.roles), meta_fields=list(self.meta_fields),
+                 min_chars=self.min_chars, max_chars=self.max_chars, min_tokens=self.min_tokens,
+                 max_tokens=self.max_tokens, normalize=self.normalize.as_dict())
         return d
 
     # -- per record ---------------------------------------------------------------------------
     def process(self, rec: Conversation, ctx: RunContext) -> Iterator[Conversation]:
-        stats = ctx.stats[self.name]
+        stats = self.stats
         for key in ("records", "records_changed"):
             stats.setdefault(key, 0)
         stats.setdefault("changes", {})
@@ -157,7 +183,7 @@ class Clean(Stage):
                     stats["changes"][kind] = stats["changes"].get(kind, 0) + changes[kind]
                     stats["records_by_change"][kind] = stats["records_by_change"].get(kind, 0) + 1
                     rec.lineage.ops.append(f"clean:{kind}")
-        verdict = self._check_lengths(rec, ctx)
+        verdict = self._check_lengths(rec)
         if verdict is not None:
             reason, message = verdict
             ctx.remove(rec, reason, message, stage=self.name)
@@ -165,11 +191,11 @@ class Clean(Stage):
         yield rec
 
     # -- lengths ------------------------------------------------------------------------------
-    def _length_unit(self, ctx: RunContext) -> str | None:
+    def _length_unit(self) -> str | None:
         """``"tokens"`` when token limits are set and a tokenizer is configured, else
         ``"chars"`` when char limits are set; None when there are no limits."""
         if self.min_tokens or self.max_tokens:
-            if ctx.tokenizer_path:
+            if self.resources.tokenizer_path:
                 return "tokens"
             if not (self.min_chars or self.max_chars):
                 raise ConfigError("clean.min_tokens/max_tokens count ChatGLM3 tokens: set "
@@ -177,9 +203,9 @@ class Clean(Stage):
                                   "for runs without a tokenizer")
         return "chars" if (self.min_chars or self.max_chars) else None
 
-    def _check_lengths(self, rec: Conversation, ctx: RunContext) -> tuple[str, str] | None:
-        unit = self._length_unit(ctx)
-        ctx.stats[self.name]["length_unit"] = unit
+    def _check_lengths(self, rec: Conversation) -> tuple[str, str] | None:
+        unit = self._length_unit()
+        self.stats["length_unit"] = unit
         if unit is None:
             return None
         lo, hi = ((self.min_tokens, self.max_tokens) if unit == "tokens"
@@ -189,7 +215,7 @@ class Clean(Stage):
                 continue
             if msg.role not in lo and msg.role not in hi:
                 continue
-            n = len(ctx.tokenizer.encode(msg.content)) if unit == "tokens" else len(msg.content)
+            n = len(self.resources.tokenizer.encode(msg.content)) if unit == "tokens" else len(msg.content)
             if msg.role in lo and n < lo[msg.role]:
                 return ("too_short", f"/conversations/{i}/content: {msg.role} text is {n} "
                         f"{unit}, under min_{unit} {lo[msg.role]}")

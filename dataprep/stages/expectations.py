@@ -1,7 +1,6 @@
 """``expectations``: a Great Expectations suite per corpus over the written splits, plus Data Docs.
 
-The stage passes records through untouched. Once the splits are on disk (``finish``) it reads
-``OUT/{train,dev,test}.jsonl`` back, which checks the files a trainer will read rather than the
+A post-run step: once the splits are on disk it reads ``OUT/{train,dev,test}.jsonl`` back, which checks the files a trainer will read rather than the
 objects in memory, builds one row per sample, and runs one suite per corpus through a
 file-backed GE context in ``OUT/gx``, so the Data Docs site is rendered by GE itself
 (``OUT/gx/uncommitted/data_docs/local_site/index.html``).
@@ -17,16 +16,16 @@ Expectations (name, default severity; any list in ``critical`` replaces the defa
 - ``max_tokens`` (warning, only with a tokenizer): a sample's text is at most ``max_tokens``;
 - ``label_not_null`` (warning): every sample has a label (stratification and balance use it);
 - ``tool_call_rate`` (critical): the share of samples with a tool call lies in the corpus's
-  ``tool_call_rate`` bounds (hotel 0.5–1.0: a hotel set without calls means a broken reader;
-  spo/docqa exactly 0);
+  ``tool_call_rate`` bounds, declared by each corpus package (hotel 0.5–1.0: a hotel set without
+  calls means a broken reader; spo/docqa exactly 0);
 - ``split_share_train|dev|test`` (warning): each split's share of the corpus is within
   ``split_tolerance`` (+ one record) of the split stage's ratios; upsampled copies are left
   out (``row_condition``), since balancing after the split enlarges train on purpose.
 
 ``fail_on``: ``critical`` (default) makes the run fail with :class:`ExpectationError` when a
 critical expectation fails, ``any`` on any failure, ``never`` only records. The error is raised
-after ``manifest.json`` is written (the manifest and the report show what failed); the results go
-to ``ctx.artifacts["expectations"]``: ``success``, ``failed`` (corpus, name, severity, observed),
+after ``manifest.json`` is written (the manifest and the report, which the pipeline still builds,
+show what failed); the results go to the manifest's ``artifacts.expectations``: ``success``, ``failed`` (corpus, name, severity, observed),
 ``suites`` and ``data_docs`` (relative to the run folder).
 
 >>> Expectations(fail_on="never", tool_call_rate={"hotel": [0.6, 1.0]}).fail_on
@@ -41,13 +40,15 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dataprep.corpora import tool_call_rates
 from dataprep.errors import ConfigError, ExpectationError
 from dataprep.record import ROLES
-from dataprep.stages.base import RunContext, Stage
+from dataprep.stages.base import FinishedRun, PostRunStep, StageOptions
 from dataprep.stages.split import SPLITS
 
 FAIL_ON = ("critical", "any", "never")
@@ -57,7 +58,6 @@ ALL_EXPECTATIONS = ("id_not_null", "id_unique", "roles_valid", "first_turn_user"
                     "last_turn_assistant", "min_messages", "no_empty_text", "max_message_chars",
                     "max_tokens", "label_not_null", "tool_call_rate", "split_share_train",
                     "split_share_dev", "split_share_test")
-DEFAULT_TOOL_CALL_RATE = {"hotel": (0.5, 1.0), "spo": (0.0, 0.0), "docqa": (0.0, 0.0)}
 DATA_DOCS = Path("gx") / "uncommitted" / "data_docs" / "local_site" / "index.html"
 _ROLES_RE = "^(?:{r})(?:,(?:{r}))*$".format(r="|".join(ROLES))
 
@@ -102,80 +102,83 @@ def _row(d: dict[str, Any], split: str, tokenizer: Any) -> dict[str, Any]:
     return row
 
 
-class Expectations(Stage):
-    """Options: ``fail_on`` (critical|any|never), ``critical`` (names; default in the module
-    docstring), ``max_chars`` (default 32768), ``max_tokens`` (default 8192, the ChatGLM3 context),
+@dataclass
+class ExpectationsOptions(StageOptions):
+    """``fail_on`` (critical|any|never), ``critical`` (names; default in the module docstring),
+    ``max_chars`` (default 32768), ``max_tokens`` (default 8192, the ChatGLM3 context),
     ``tool_call_rate`` (corpus -> [low, high], merged over the defaults), ``split_tolerance``
     (absolute share, default 0.05), ``ratios`` (default: the split stage's)."""
 
-    name = "expectations"
+    fail_on: str = "critical"
+    critical: list[str] | None = None
+    max_chars: int = 32768
+    max_tokens: int = 8192
+    tool_call_rate: dict[str, list[float]] | None = None
+    split_tolerance: float = 0.05
+    ratios: list[float] | None = None
 
-    def __init__(self, *, fail_on: str = "critical", critical: Iterable[str] | None = None,
-                 max_chars: int = 32768, max_tokens: int = 8192,
-                 tool_call_rate: dict[str, list[float]] | None = None,
-                 split_tolerance: float = 0.05, ratios: list[float] | None = None) -> None:
-        if fail_on not in FAIL_ON:
+    def __post_init__(self) -> None:
+        if self.fail_on not in FAIL_ON:
             raise ConfigError(f"expectations.fail_on must be one of {', '.join(FAIL_ON)}, "
-                              f"got {fail_on!r}")
-        self.fail_on = fail_on
-        self.critical = list(critical) if critical is not None else list(DEFAULT_CRITICAL)
-        unknown = set(self.critical) - set(ALL_EXPECTATIONS)
+                              f"got {self.fail_on!r}")
+        unknown = set(self.critical or ()) - set(ALL_EXPECTATIONS)
         if unknown:
             raise ConfigError(f"expectations.critical: unknown expectations {sorted(unknown)}; "
                               f"available: {', '.join(ALL_EXPECTATIONS)}")
-        self.max_chars = int(max_chars)
-        self.max_tokens = int(max_tokens)
-        rates = {k: tuple(v) for k, v in DEFAULT_TOOL_CALL_RATE.items()}
-        for corpus, bounds in (tool_call_rate or {}).items():
+        for corpus, bounds in (self.tool_call_rate or {}).items():
             if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2
                     or not 0 <= bounds[0] <= bounds[1] <= 1):
                 raise ConfigError(f"expectations.tool_call_rate.{corpus} must be [low, high] "
                                   f"with 0 <= low <= high <= 1, got {bounds!r}")
+        if self.ratios is not None and (len(self.ratios) != 3 or sum(self.ratios) <= 0):
+            raise ConfigError(f"expectations.ratios must be three numbers, got {self.ratios!r}")
+
+
+class Expectations(PostRunStep):
+    """A post-run step: the suites over the written splits. Options:
+    :class:`ExpectationsOptions`; resources: the tokenizer (``max_tokens``, when configured)."""
+
+    name = "expectations"
+    Options = ExpectationsOptions
+    uses = ("tokenizer",)
+    options: ExpectationsOptions
+
+    def setup(self) -> None:
+        o = self.options
+        self.fail_on = o.fail_on
+        self.critical = list(o.critical) if o.critical is not None else list(DEFAULT_CRITICAL)
+        self.max_chars = int(o.max_chars)
+        self.max_tokens = int(o.max_tokens)
+        rates = {k: tuple(v) for k, v in tool_call_rates().items()}
+        for corpus, bounds in (o.tool_call_rate or {}).items():
             rates[corpus] = (float(bounds[0]), float(bounds[1]))
         self.tool_call_rate = {k: list(v) for k, v in rates.items()}
-        self.split_tolerance = float(split_tolerance)
-        if ratios is not None and (len(ratios) != 3 or sum(ratios) <= 0):
-            raise ConfigError(f"expectations.ratios must be three numbers, got {ratios!r}")
-        self.ratios = list(ratios) if ratios is not None else None
+        self.split_tolerance = float(o.split_tolerance)
+        self.ratios = list(o.ratios) if o.ratios is not None else None
 
-    def run(self, records: Iterable[Any], ctx: RunContext) -> Iterator[Any]:
-        yield from records
+    def run(self, run: FinishedRun) -> None:
+        """Validate the written splits and build the Data Docs; raise when the run must fail."""
+        ratios = list(self.ratios or run.ratios)
+        ratios = [float(r) / float(sum(ratios)) for r in ratios]
+        result = self.validate(run.out_dir, ratios, self.resources.tokenizer)
+        self.stats.artifacts["expectations"] = result
+        self.check(result, run.out_dir)
 
-    # -- hooks ---------------------------------------------------------------------------------
-    def finish(self, ctx: RunContext) -> None:
-        """Validate the written splits and build the Data Docs (the splits exist by now)."""
-        ctx.artifacts["expectations"] = self.validate(ctx.out_dir, self._ratios(ctx),
-                                                      ctx.tokenizer)
-
-    def after_manifest(self, ctx: RunContext, manifest: dict[str, Any]) -> None:
-        result = ctx.artifacts.get("expectations") or {}
+    def check(self, result: dict[str, Any], out_dir: Path) -> None:
+        """Raise :class:`ExpectationError` when ``result`` (from :meth:`validate`) fails the run
+        under ``fail_on``."""
         failed = result.get("failed", [])
         if self.fail_on == "never" or not failed:
             return
         bad = failed if self.fail_on == "any" else [f for f in failed if f["critical"]]
         if not bad:
             return
-        stage_names = [s.get("name") for s in ctx.config.get("stages", []) if isinstance(s, dict)]
-        if "report" in stage_names:
-            # The error stops the run before later hooks; build the report that explains it.
-            from dataprep.stages.report import rebuild_report
-
-            rebuild_report(ctx.out_dir)
         lines = "; ".join(f"{f['corpus']}: {f['name']}: {f['summary']}" for f in bad[:5])
         more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
         raise ExpectationError(
             f"{len(bad)} {'critical ' if self.fail_on == 'critical' else ''}expectation(s) "
             f"failed on the final splits: {lines}{more}. The splits are written; see "
-            f"{ctx.out_dir / result['data_docs']} (set expectations.fail_on: never to accept)")
-
-    def _ratios(self, ctx: RunContext) -> list[float]:
-        ratios = self.ratios
-        if ratios is None:
-            for spec in ctx.config.get("stages", []):
-                if isinstance(spec, dict) and spec.get("name") == "split" and "ratios" in spec:
-                    ratios = spec["ratios"]
-        ratios = list(ratios or (0.8, 0.1, 0.1))
-        return [float(r) / float(sum(ratios)) for r in ratios]
+            f"{out_dir / result['data_docs']} (set expectations.fail_on: never to accept)")
 
     # -- the suites ----------------------------------------------------------------------------
     def validate(self, out_dir: str | Path, ratios: list[float],

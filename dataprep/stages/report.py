@@ -3,10 +3,10 @@
 Everything on the page comes from the finished run folder: ``manifest.json`` (counts, stage
 options and stats, artifacts such as the duplicate clusters, the leakage audit and the
 expectation results), ``rejects.jsonl`` (rejects and removals with their evidence) and the three
-splits. That is what lets ``dataprep report OUT`` rebuild the page later, and why the stage does
-its work in ``after_manifest``. The one thing the folder cannot give is token counts (the
-tokenizer is not part of it), so the stage's ``finish`` puts a token-length histogram of the
-written splits into the manifest when the run has a tokenizer.
+splits. That is what lets ``dataprep report OUT`` rebuild the page later, and why it is a post-run
+step. The one thing the folder cannot give is token counts (the tokenizer is not part of it), so
+the step first puts a token-length histogram of the written splits into the manifest when the run
+has a tokenizer, then renders the page from the manifest as rewritten.
 
 The page is rendered by a Jinja2 template with autoescaping on, so corpus text can never inject
 markup; charts are PNGs drawn by matplotlib's object API (no pyplot, no global backend switch).
@@ -24,14 +24,14 @@ import json
 import statistics
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from dataprep.errors import InputError
 from dataprep.io import AtomicWriter
-from dataprep.stages.base import RunContext, Stage
+from dataprep.stages.base import FinishedRun, PostRunStep
 from dataprep.stages.split import SPLITS
 
 REPORT_DIR = "report"
@@ -44,22 +44,20 @@ _CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuan
               "Droid Sans Fallback", "AR PL UMing CN", "Arial Unicode MS")
 
 
-class Report(Stage):
-    """No options. Put it anywhere in the stage list (it passes records through); the page is
-    built after ``manifest.json`` is written."""
+class Report(PostRunStep):
+    """A post-run step without options; the page is built from the finished run folder.
+    Resources: the tokenizer (a token-length histogram, when the run has one)."""
 
     name = "report"
+    uses = ("tokenizer",)
 
-    def run(self, records: Iterable[Any], ctx: RunContext) -> Iterator[Any]:
-        yield from records
-
-    def finish(self, ctx: RunContext) -> None:
-        ctx.artifacts["report"] = str(ctx.out_dir / REPORT_DIR / "index.html")
-        if ctx.tokenizer_path:
-            ctx.artifacts["token_lengths"] = token_length_histogram(ctx.out_dir, ctx.tokenizer)
-
-    def after_manifest(self, ctx: RunContext, manifest: dict[str, Any]) -> None:
-        rebuild_report(ctx.out_dir)
+    def run(self, run: FinishedRun) -> None:
+        self.stats.artifacts["report"] = str(run.out_dir / REPORT_DIR / "index.html")
+        if self.resources.tokenizer_path:
+            self.stats.artifacts["token_lengths"] = token_length_histogram(
+                run.out_dir, self.resources.tokenizer)
+        run.publish(self.stats)  # the page is built from manifest.json: put them there first
+        rebuild_report(run.out_dir)
 
 
 # -- reading the run folder ------------------------------------------------------------------

@@ -5,8 +5,10 @@ same split; within each label stratum, groups are shuffled with the run seed and
 split is furthest below its target share, so every stratum is split close to the ratios even when
 it is small. Sorting before shuffling makes the result independent of input order.
 
-Decontamination (``decontaminate: true``, the default): after the assignment, the near-duplicate
-search of :mod:`dataprep.dedup` runs over all records, across splits. Every connected cluster of
+Decontamination (``decontaminate: true``, the default): after the assignment, the records are
+clustered with the run's matching (:mod:`dataprep.matching`, the same configuration as ``dedup``;
+after a ``dedup`` stage the clustering is cut out of dedup's result, not searched again), across
+splits. Every connected cluster of
 duplicates (exact or near, joined transitively, together with the whole group of each member) that
 spans more than one split is moved entirely into one split: the one that already holds most of its
 records, ties to train, then dev. As that pulls records towards train, whole components that have
@@ -21,27 +23,15 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from dataprep.dedup import (
-    DEFAULT_NGRAM,
-    DEFAULT_NUM_PERM,
-    DEFAULT_THRESHOLD,
-    FIELDS,
-    Clustering,
-    DedupConfig,
-    UnionFind,
-    call_signature,
-    cross_matches,
-    find_duplicates,
-    sample_key,
-)
+from dataprep.dedup import Clustering, DedupConfig, UnionFind, cross_matches, find_duplicates
 from dataprep.errors import ConfigError
 from dataprep.record import Conversation
-from dataprep.stages.base import RunContext, Stage
-from dataprep.stages.dedup import leakage_report
+from dataprep.stages.base import RunContext, Stage, StageOptions
 
 SPLITS = ("train", "dev", "test")
 
@@ -131,7 +121,7 @@ def decontaminate(records: list[Conversation], assignment: dict[str, str], keys:
             assignment[gid] = target
         frozen.update(gids)
     return {"moved_records": moved_records, "moved_clusters": moved_clusters,
-            "near_pairs_verified": len(result.edges), "examples": examples,
+            "near_pairs_verified": int(result.edge_i.size), "examples": examples,
             "components": roots, "frozen": frozen, "left": left}
 
 
@@ -225,68 +215,75 @@ def output_leakage(records: list[Conversation], keys: list[str],
     }
 
 
-class Split(Stage):
-    """Options: ``ratios`` (three numbers, normalised; default 8:1:1), ``stratify`` (use each
-    record's label), ``seed`` (defaults to the run seed), ``decontaminate`` (move duplicate
-    clusters that span splits into one split, then prove the output has no train/dev/test
-    duplicates; default true; when false the output leakage is still measured and reported),
-    ``threshold``, ``ngram``, ``num_perm``, ``fields`` (the matching
-    settings, as for ``dedup``), ``match_calls`` (as for ``dedup``), ``rebalance`` (after the
-    moves, restore the ratios by moving whole duplicate-free components; default true),
-    ``source_splits`` (file-name glob -> split, for the input leakage audit when no ``dedup``
-    stage ran before).
+MATCHING_MOVED = "matching options are set once per run, under the top-level 'matching:' section"
 
-    >>> Split(ratios=[0.8, 0.1, 0.1], threshold=0.7).describe()["decontaminate"]
+
+@dataclass
+class SplitOptions(StageOptions):
+    """``ratios`` (three numbers, normalised; default 8:1:1), ``stratify`` (use each record's
+    label), ``seed`` (defaults to the run seed), ``decontaminate`` (move duplicate clusters that
+    span splits into one split, then prove the output has no train/dev/test duplicates; when
+    false the output leakage is still measured and reported), ``rebalance`` (after the moves,
+    restore the ratios by moving whole duplicate-free components). What counts as a duplicate is
+    the run's ``matching:`` configuration, the same as for ``dedup``."""
+
+    ratios: list[float] | tuple[float, ...] = (0.8, 0.1, 0.1)
+    stratify: bool = True
+    seed: int | None = None
+    decontaminate: bool = True
+    rebalance: bool = True
+
+    def __post_init__(self) -> None:
+        r = self.ratios
+        if (not isinstance(r, (list, tuple)) or len(r) != 3 or any(x < 0 for x in r)
+                or sum(r) <= 0):
+            raise ConfigError(f"split.ratios must be three non-negative numbers for train, dev, "
+                              f"test (e.g. [0.8, 0.1, 0.1]), got {list(r)}")
+        s = float(sum(r))
+        self.ratios = tuple(float(x) / s for x in r)
+
+
+class Split(Stage):
+    """Options: :class:`SplitOptions`; resources: ``matching``.
+
+    >>> Split(ratios=[0.8, 0.1, 0.1]).describe()["decontaminate"]
     True
     """
 
     name = "split"
+    Options = SplitOptions
+    uses = ("matching",)
+    options: SplitOptions
+    moved_options = dict.fromkeys(("threshold", "ngram", "num_perm", "fields", "match_calls",
+                                   "source_splits"), MATCHING_MOVED)
 
-    def __init__(self, ratios: list[float] | tuple[float, ...] = (0.8, 0.1, 0.1),
-                 stratify: bool = True, seed: int | None = None, decontaminate: bool = True,
-                 threshold: float = DEFAULT_THRESHOLD, ngram: int = DEFAULT_NGRAM,
-                 num_perm: int = DEFAULT_NUM_PERM, fields: str = "auto", match_calls: bool = True,
-                 rebalance: bool = True, source_splits: dict[str, str] | None = None) -> None:
-        if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
-            raise ConfigError(f"split.ratios must be three non-negative numbers for train, dev, "
-                              f"test (e.g. [0.8, 0.1, 0.1]), got {list(ratios)}")
-        if fields not in FIELDS:
-            raise ConfigError(f"split.fields must be one of {', '.join(FIELDS)}, got {fields!r}")
-        s = float(sum(ratios))
-        self.ratios = tuple(float(r) / s for r in ratios)
-        self.stratify = stratify
-        self.seed = seed
-        self.decontaminate = decontaminate
-        self._match = DedupConfig(threshold=threshold, ngram=ngram, num_perm=num_perm)
-        self.threshold = self._match.threshold
-        self.ngram = ngram
-        self.num_perm = num_perm
-        self.fields = fields
-        self.match_calls = match_calls
-        self.rebalance = rebalance
-        self.source_splits = source_splits
+    def setup(self) -> None:
+        self.ratios: tuple[float, float, float] = self.options.ratios  # type: ignore[assignment]
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["ratios"] = list(self.ratios)
+        return d
 
     def run(self, records: Iterable[Conversation], ctx: RunContext) -> Iterator[Conversation]:
+        o, matching = self.options, self.resources.matching
         recs = list(records)
-        seed = ctx.seed if self.seed is None else self.seed
-        assignment = assign_splits(recs, self.ratios, seed, self.stratify)  # type: ignore[arg-type]
-        keys = [sample_key(r, self.fields) for r in recs]
-        guards = [call_signature(r) for r in recs] if self.match_calls else None
-        result = find_duplicates(keys, self._match, guards=guards)
-        leakage = ctx.artifacts.setdefault("leakage", {})
-        if "input" not in leakage:
-            # No dedup stage ran before (it audits the raw input, before removing anything).
-            leakage["input"] = leakage_report(recs, keys, result, self.source_splits)
-        moves = {"moved_records": 0, "moved_clusters": 0}
-        if self.decontaminate:
+        seed = ctx.seed if o.seed is None else o.seed
+        assignment = assign_splits(recs, self.ratios, seed, o.stratify)
+        # After dedup this is cut out of dedup's result (no second search over everything);
+        # without dedup it is the first clustering of the run and also audits the input.
+        match = matching.cluster(recs)
+        keys, guards, result = match.keys, match.guards, match.clustering
+        config = matching.config.engine()
+        moves: dict[str, Any] = {"moved_records": 0, "moved_clusters": 0}
+        if o.decontaminate:
             before = Counter(assignment[r.lineage.group_id] for r in recs)
-            moves = decontaminate(recs, assignment, keys, self._match, guards, result)
+            moves = decontaminate(recs, assignment, keys, config, guards, result)
             rebalanced = 0
-            if self.rebalance and moves["moved_records"]:
-                rebalanced = rebalance(
-                    recs, assignment, self.ratios, seed,  # type: ignore[arg-type]
-                    moves["components"], moves["frozen"], moves["left"])
-            ctx.stats[self.name]["decontamination"] = {
+            if o.rebalance and moves["moved_records"]:
+                rebalanced = rebalance(recs, assignment, self.ratios, seed,
+                                       moves["components"], moves["frozen"], moves["left"])
+            self.stats["decontamination"] = {
                 "moved_records": moves["moved_records"],
                 "moved_clusters": moves["moved_clusters"],
                 "rebalanced_records": rebalanced,
@@ -297,14 +294,17 @@ class Split(Stage):
         for rec in recs:
             rec.split = assignment[rec.lineage.group_id]
         # Recomputed from the final splits with a fresh index, not taken from the moves above.
-        audit = output_leakage(recs, keys, self._match, guards)
-        if self.decontaminate and (audit["leaked"] or audit["dev_test_pairs"]):
+        audit = output_leakage(recs, keys, config, guards)
+        if o.decontaminate and (audit["leaked"] or audit["dev_test_pairs"]):
             raise RuntimeError(
                 f"split: {audit['leaked']} dev/test records still have a duplicate in train "
                 f"and {audit['dev_test_pairs']} test records one in dev after "
                 "decontamination; this is a bug in dataprep.stages.split")
-        leakage["output"] = {**audit, "moved_records": moves["moved_records"],
-                             "moved_clusters": moves["moved_clusters"]}
+        self.stats.artifacts["leakage"] = {
+            "input": matching.input_leakage,
+            "output": {**audit, "moved_records": moves["moved_records"],
+                       "moved_clusters": moves["moved_clusters"]}}
         by_split = Counter(r.split for r in recs)
-        ctx.stats[self.name].update({"records": dict(by_split), "groups": len(assignment)})
+        self.stats.update({"records": dict(by_split), "groups": len(assignment),
+                           "matching_reused": match.reused})
         yield from recs

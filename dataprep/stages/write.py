@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from dataprep import schema
 from dataprep.io import AtomicWriter, dumps
 from dataprep.record import Conversation
-from dataprep.stages.base import RunContext, Stage
+from dataprep.stages.base import RunContext, Stage, StageOptions
 from dataprep.stages.split import SPLITS
 
 
+@dataclass
+class WriteOptions(StageOptions):
+    """``lineage``: also write id/lineage/label keys (the official loaders ignore extra keys, and
+    they let ``dataprep report`` trace every line back to its source)."""
+
+    lineage: bool = True
+
+
 class Write(Stage):
-    """Options: ``lineage`` (also write id/lineage/label keys; the official loaders ignore extra
-    keys, and they let ``dataprep report`` trace every line back to its source)."""
+    """Writes train/dev/test.jsonl. Options: :class:`WriteOptions`."""
 
     name = "write"
-
-    def __init__(self, lineage: bool = True) -> None:
-        self.lineage = lineage
+    Options = WriteOptions
+    options: WriteOptions
 
     def run(self, records: Iterable[Conversation], ctx: RunContext) -> Iterator[Conversation]:
         writers = {s: AtomicWriter(ctx.out_dir / f"{s}.jsonl") for s in SPLITS}
@@ -29,7 +36,7 @@ class Write(Stage):
                 if rec.split not in handles:
                     raise ValueError(f"record {rec.id} reached 'write' without a split; put the "
                                      "'split' stage before 'write'")
-                line = rec.to_chatglm3(with_lineage=self.lineage)
+                line = rec.to_chatglm3(with_lineage=self.options.lineage)
                 # The writer re-checks every line: a stage bug must never produce a bad file.
                 problems = schema.output_problems(line)
                 if problems:

@@ -70,7 +70,7 @@ def test_each_broken_line_is_a_reject_with_line_and_reason(broken_file: Path, tm
 
 
 def test_bom_at_file_start_is_accepted(tmp_path: Path) -> None:
-    from dataprep.readers.spo import SpoReader
+    from dataprep.corpora.spo.reader import SpoReader
 
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD, ensure_ascii=False).encode() + b"\n")

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from dataprep.config import config_from_dict
+from dataprep.corpora.docqa.labels import length_bucket
 from dataprep.errors import ConfigError
 from dataprep.pipeline import Pipeline
 from dataprep.record import Conversation, Lineage, Message
-from dataprep.stages.balance import Balance, label_function, length_bucket
+from dataprep.stages.balance import Balance, label_function
 from dataprep.stages.base import RunContext
 
 SIZES = {"A": 10, "B": 4, "C": 1}
@@ -37,11 +38,11 @@ def _run(stage: Balance, recs: list[Conversation], ctx: RunContext) -> list[Conv
 
 def test_cap_downsamples_with_reason(tmp_path: Path) -> None:
     ctx = RunContext(tmp_path)
-    out = _run(Balance(mode="cap", cap=4), _records(), ctx)
+    out = _run((balance_stage := Balance(mode="cap", cap=4)), _records(), ctx)
     assert Counter(r.label for r in out) == {"A": 4, "B": 4, "C": 1}
     assert ctx.counts.removed == Counter({"balance_downsample": 6})
     assert {r.stage for r in ctx.rejects} == {"balance"}
-    st = ctx.stats["balance"]
+    st = balance_stage.stats
     assert st["before"] == {"A": 10, "B": 4, "C": 1} and st["after"] == {"A": 4, "B": 4, "C": 1}
     assert st["removed"] == 6 and st["added"] == 0 and st["applied"] == "before_split"
     # A float is a ratio of the median class size (4): the same cap.
@@ -52,7 +53,7 @@ def test_cap_downsamples_with_reason(tmp_path: Path) -> None:
 
 def test_floor_upsamples_with_derived_copies(tmp_path: Path) -> None:
     ctx = RunContext(tmp_path)
-    out = _run(Balance(mode="floor", floor=3), _records(), ctx)
+    out = _run((balance_stage := Balance(mode="floor", floor=3)), _records(), ctx)
     assert Counter(r.label for r in out) == {"A": 10, "B": 4, "C": 3}
     copies = [r for r in out if r.lineage.parent_id]
     assert [c.id for c in copies] == ["c0#up1", "c0#up2"]
@@ -64,7 +65,7 @@ def test_floor_upsamples_with_derived_copies(tmp_path: Path) -> None:
     ids = [r.id for r in out]
     assert ids[ids.index("c0") + 1: ids.index("c0") + 3] == ["c0#up1", "c0#up2"]
     assert ctx.counts.added == Counter({"balance_upsample": 2})
-    assert ctx.stats["balance"]["added"] == 2
+    assert balance_stage.stats["added"] == 2
 
 
 def test_both_and_weight_modes(tmp_path: Path) -> None:
@@ -72,12 +73,12 @@ def test_both_and_weight_modes(tmp_path: Path) -> None:
     out = _run(Balance(mode="both", cap=5, floor=2), _records(), ctx)
     assert Counter(r.label for r in out) == {"A": 5, "B": 4, "C": 2}
     ctx = RunContext(tmp_path)
-    out = _run(Balance(mode="weight"), _records(), ctx)
+    out = _run((balance_stage := Balance(mode="weight")), _records(), ctx)
     assert len(out) == 15 and not ctx.rejects
     weights = {r.label: r.weight for r in out}
     assert weights == {"A": 0.5, "B": 1.25, "C": 5.0}  # 15 / (3 classes × size)
     assert sum(r.weight for r in out) == pytest.approx(15)
-    assert ctx.stats["balance"]["after"] == {"A": 5.0, "B": 5.0, "C": 5.0}
+    assert balance_stage.stats["after"] == {"A": 5.0, "B": 5.0, "C": 5.0}
     out = _run(Balance(mode="weight", max_weight=2.0), _records(), RunContext(tmp_path))
     assert max(r.weight for r in out) == 2.0
 
@@ -87,12 +88,12 @@ def test_after_split_only_train_is_touched(tmp_path: Path) -> None:
     for r in recs[15:]:
         r.id = "dev-" + r.id
     ctx = RunContext(tmp_path)
-    out = _run(Balance(mode="both", cap=4, floor=2), recs, ctx)
+    out = _run((balance_stage := Balance(mode="both", cap=4, floor=2)), recs, ctx)
     by_split = Counter((r.split, r.label) for r in out)
     assert by_split == {("train", "A"): 4, ("train", "B"): 4, ("train", "C"): 2,
                         ("dev", "A"): 6, ("dev", "C"): 1}
     assert all(r.split == "train" for r in out if r.lineage.parent_id)
-    st = ctx.stats["balance"]
+    st = balance_stage.stats
     assert st["applied"] == "after_split" and st["splits"] == ["train"]
     # Asked explicitly, dev is balanced as well.
     out = _run(Balance(mode="cap", cap=4, splits=["train", "dev"]), recs, RunContext(tmp_path))
@@ -125,7 +126,7 @@ def test_bad_options() -> None:
 
 
 def test_labels_per_corpus(corpora: Path, hotel_db_path: Path) -> None:
-    from dataprep.readers.lab import LabChatGLM3Reader
+    from dataprep.corpora.hotel.lab import LabChatGLM3Reader
 
     assert [length_bucket(n, (10, 30)) for n in (0, 10, 11, 30, 31)] == \
         ["0-10", "0-10", "11-30", "11-30", ">30"]
@@ -180,8 +181,8 @@ def test_each_corpus_is_balanced_on_its_own(tmp_path: Path) -> None:
         r.corpus, r.id = "other", "o-" + r.id
         r.meta["answer"] = "短" if r.label == "X" else "长" * 50
     ctx = RunContext(tmp_path)
-    out = _run(Balance(mode="cap", cap=1.0, label={"other": "answer_length"}), recs, ctx)
-    st = ctx.stats["balance"]
+    out = _run((balance_stage := Balance(mode="cap", cap=1.0, label={"other": "answer_length"})), recs, ctx)
+    st = balance_stage.stats
     # "t" by its labels (median 4), "other" by answer-length bucket (median 4 of 2 and 6).
     assert st["before"] == {"t:A": 10, "t:B": 4, "t:C": 1, "other:0-10": 2, "other:31-100": 6}
     assert st["after"] == {"t:A": 4, "t:B": 4, "t:C": 1, "other:0-10": 2, "other:31-100": 4}

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from dataprep.corpora.spo.reader import SpoReader
 from dataprep.errors import ConfigError
-from dataprep.readers.spo import SpoReader
 from dataprep.record import Conversation, Lineage, Message
+from dataprep.resources import Resources
 from dataprep.stages.base import RunContext
 from dataprep.stages.clean import Clean
 from dataprep.text import normalize
@@ -30,9 +31,9 @@ def test_real_spo_counts_lineage_and_meta_in_sync(corpora: Path, tmp_path: Path)
             if isinstance(r, Conversation)]
     originals = {r.id: [m.content for m in r.messages] for r in recs}
     ctx = RunContext(tmp_path)
-    out = _run(Clean(), recs, ctx)
+    out = _run((clean_stage := Clean()), recs, ctx)
     assert len(out) == len(recs) == 1125 and not ctx.rejects
-    st = ctx.stats["clean"]
+    st = clean_stage.stats
     # Recount independently: the stats are the sum of what normalize() reports per message.
     expected: Counter[str] = Counter()
     changed = 0
@@ -98,12 +99,12 @@ def test_char_limits_per_role(tmp_path: Path) -> None:
     recs = [_conv(Message("user", "问" * 10), Message("assistant", "答" * 3), rid="ok"),
             _conv(Message("user", "问" * 11), Message("assistant", "答" * 3), rid="long"),
             _conv(Message("user", "问" * 10), Message("assistant", "答"), rid="short")]
-    out = _run(Clean(max_chars={"user": 10}, min_chars={"assistant": 2}), recs, ctx)
+    out = _run((clean_stage := Clean(max_chars={"user": 10}, min_chars={"assistant": 2})), recs, ctx)
     assert [r.id for r in out] == ["ok"]
     assert ctx.counts.removed == Counter({"too_long": 1, "too_short": 1})
     msgs = {r.record["id"]: r.message for r in ctx.rejects}
     assert msgs["long"] == "/conversations/0/content: user text is 11 chars, over max_chars 10"
-    assert ctx.stats["clean"]["length_unit"] == "chars"
+    assert clean_stage.stats["length_unit"] == "chars"
 
 
 def test_token_limits_use_the_chatglm3_tokenizer(tokenizer_dir: Path, tmp_path: Path) -> None:
@@ -113,16 +114,18 @@ def test_token_limits_use_the_chatglm3_tokenizer(tokenizer_dir: Path, tmp_path: 
     text = "发动机水温高，风扇始终是低速转动，高速档不工作。"
     n = len(tok.encode(text))
     assert 5 < n < len(text)  # tokens, not characters
-    ctx = RunContext(tmp_path, tokenizer_path=str(tokenizer_dir))
+    ctx = RunContext(tmp_path)
     recs = [_conv(Message("user", text), Message("assistant", "好"), rid="fits"),
             _conv(Message("user", text + "开空调尤其如此。"), Message("assistant", "好"),
                   rid="over")]
     # The character limit would remove both; with a tokenizer the token limit decides.
-    out = _run(Clean(max_tokens={"user": n}, max_chars={"user": 5}), recs, ctx)
+    clean_stage = Clean(max_tokens={"user": n}, max_chars={"user": 5},
+                        resources=Resources(tokenizer_path=str(tokenizer_dir)))
+    out = _run(clean_stage, recs, ctx)
     assert [r.id for r in out] == ["fits"]
     assert ctx.counts.removed == Counter({"too_long": 1})
     assert f"tokens, over max_tokens {n}" in ctx.rejects[0].message
-    assert ctx.stats["clean"]["length_unit"] == "tokens"
+    assert clean_stage.stats["length_unit"] == "tokens"
 
 
 def test_token_limits_without_tokenizer(tmp_path: Path) -> None:
@@ -149,6 +152,6 @@ def test_bad_options(options: dict, match: str) -> None:
 
 def test_t2s_option(tmp_path: Path) -> None:
     rec = _conv(Message("user", "這個發動機"), Message("assistant", "檢測"))
-    (out,) = _run(Clean(t2s=True), [rec], ctx := RunContext(tmp_path))
+    (out,) = _run((clean_stage := Clean(t2s=True)), [rec], ctx := RunContext(tmp_path))
     assert [m.content for m in out.messages] == ["这个发动机", "检测"]
-    assert out.lineage.ops == ["clean:t2s"] and ctx.stats["clean"]["changes"] == {"t2s": 7}
+    assert out.lineage.ops == ["clean:t2s"] and clean_stage.stats["changes"] == {"t2s": 7}

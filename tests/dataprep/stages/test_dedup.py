@@ -37,12 +37,18 @@ def run(stage: Dedup, recs: list[Conversation], tmp_path: Path) -> tuple[list[Co
     return list(stage.run(iter(recs), ctx)), ctx
 
 
+def input_audit(stage: Dedup) -> dict:
+    """The input leakage audit the stage's matching made (before anything was removed)."""
+    assert stage.matching.input_leakage is not None
+    return stage.matching.input_leakage
+
+
 def test_removes_exact_and_near_duplicates_with_their_kept_twin(tmp_path: Path) -> None:
     recs = [spo("a", REPORT), spo("b", "上海浦东国际机场附近有哪些评分高的酒店？"),
             spo("c", REPORT.replace("，", ",").replace("2007", "２００７")),
             spo("d", REPORT.replace("维修室内灯", "检修室内灯").replace("常亮", "一直亮")),
             spo("e", "发动机水温高，风扇始终是低速转动，高速档不工作，开空调尤其如此。")]
-    out, ctx = run(Dedup(), recs, tmp_path)
+    out, ctx = run((dedup_stage := Dedup()), recs, tmp_path)
     assert [r.id for r in out] == ["a", "b", "e"]  # input order kept, first of a cluster kept
     rejects = {r.record["id"]: r for r in ctx.rejects}  # type: ignore[index]
     assert {k: (r.reason, r.kept_id, r.kind, r.stage) for k, r in rejects.items()} == {
@@ -50,12 +56,12 @@ def test_removes_exact_and_near_duplicates_with_their_kept_twin(tmp_path: Path) 
         "d": ("near_duplicate", "a", "removed", "dedup")}
     assert "duplicate of a (estimated Jaccard" in rejects["d"].message
     assert ctx.counts.removed == Counter({"exact_duplicate": 1, "near_duplicate": 1})
-    stats = ctx.stats["dedup"]
+    stats = dedup_stage.stats
     assert {k: stats[k] for k in ("exact_removed", "near_removed", "clusters", "threshold",
                                   "ngram", "num_perm")} == {
         "exact_removed": 1, "near_removed": 1, "clusters": 1, "threshold": 0.65, "ngram": 4,
         "num_perm": 128}
-    (cluster,) = ctx.artifacts["dedup_clusters"]
+    (cluster,) = dedup_stage.stats.artifacts["dedup_clusters"]
     assert cluster["kept_id"] == "a" and cluster["kept_text"] == REPORT and cluster["size"] == 3
     assert [(m["id"], m["reason"]) for m in cluster["removed"]] == [
         ("c", "exact_duplicate"), ("d", "near_duplicate")]
@@ -99,8 +105,8 @@ def test_input_leakage_is_audited_before_removal(tmp_path: Path) -> None:
             spo("d2", "发动机水温高，风扇始终是低速转动，高速档不工作。", "data/dev.jsonl"),
             spo("s1", REPORT.replace("维修室内灯", "检修室内灯").replace("常亮", "一直亮"),
                 "data/my_test.jsonl")]
-    _, ctx = run(Dedup(), recs, tmp_path)
-    audit = ctx.artifacts["leakage"]["input"]
+    run(stage := Dedup(), recs, tmp_path)
+    audit = input_audit(stage)
     assert (audit["leaked"], audit["dev_test"], audit["rate"], audit["exact"]) == (2, 3, 0.6667, 1)
     assert audit["by_source_split"] == {"dev": {"records": 2, "leaked": 1, "rate": 0.5},
                                         "test": {"records": 1, "leaked": 1, "rate": 1.0}}
@@ -108,8 +114,8 @@ def test_input_leakage_is_audited_before_removal(tmp_path: Path) -> None:
     assert [(p["id"], p["train_id"], p["kind"]) for p in audit["pairs_examples"]] == [
         ("d1", "t1", "exact"), ("s1", "t1", "near")]
     # The mapping is configurable: call the "my_test" file train and nothing leaks from it.
-    _, ctx = run(Dedup(source_splits={"*dev*": "dev", "*": "train"}), recs, tmp_path)
-    assert ctx.artifacts["leakage"]["input"]["dev_test"] == 2
+    run(stage := Dedup(source_splits={"*dev*": "dev", "*": "train"}), recs, tmp_path)
+    assert input_audit(stage)["dev_test"] == 2
 
 
 def test_report_examples_are_capped_and_truncated(tmp_path: Path) -> None:
@@ -117,20 +123,20 @@ def test_report_examples_are_capped_and_truncated(tmp_path: Path) -> None:
     recs = [spo(f"r{i}", long_text + ("。" * i)) for i in range(15)]
     recs += [spo(f"x{i}", f"第{i}号完全不同的记录：" + "甲乙丙丁戊己庚辛"[i % 8] * (i + 5))
              for i in range(3)]
-    _, ctx = run(Dedup(max_examples=1), recs, tmp_path)
-    (cluster,) = ctx.artifacts["dedup_clusters"]
+    run(stage := Dedup(max_examples=1), recs, tmp_path)
+    (cluster,) = stage.stats.artifacts["dedup_clusters"]
     assert cluster["size"] == 15 and len(cluster["removed"]) == 10
     assert len(cluster["kept_text"]) == 200 and cluster["kept_text"].endswith("…")
 
 
 def test_bad_options_fail_with_a_message() -> None:
-    with pytest.raises(ConfigError, match="dedup.fields must be one of auto, user"):
+    with pytest.raises(ConfigError, match="matching.fields must be one of auto, user"):
         Dedup(fields="users")
     with pytest.raises(ConfigError, match="threshold must be in"):
         Dedup(threshold=0)
     with pytest.raises(ConfigError, match="source_splits must map file-name globs"):
         Dedup(source_splits={"*dev*": "validation"})
-    with pytest.raises(ConfigError, match=r"stage 'dedup': bad options \['treshold'\]"):
+    with pytest.raises(ConfigError, match=r"stage 'dedup': unknown option 'treshold'; valid: near"):
         build_stages([{"name": "dedup", "treshold": 0.8}, {"name": "split"}, {"name": "write"}])
 
 

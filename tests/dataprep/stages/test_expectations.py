@@ -11,7 +11,6 @@ import pytest
 from dataprep.config import config_from_dict
 from dataprep.errors import ConfigError, ExpectationError
 from dataprep.pipeline import Pipeline
-from dataprep.stages.base import RunContext
 from dataprep.stages.expectations import DATA_DOCS, Expectations, sample_rows
 
 
@@ -84,7 +83,18 @@ def test_tampered_splits_fail_critical_expectations(run: tuple[Path, dict[str, A
     assert rows[bad["id"]]["last_role"] == "user"
 
 
-def test_critical_failure_fails_the_run_after_the_manifest(corpora: Path, tmp_path: Path) -> None:
+def test_critical_failure_fails_the_run_after_the_manifest(corpora: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataprep.stages import report
+
+    built: list[Path] = []
+    real_rebuild = report.rebuild_report
+
+    def counting_rebuild(out_dir: Path) -> Path:
+        built.append(Path(out_dir))
+        return real_rebuild(out_dir)
+
+    monkeypatch.setattr(report, "rebuild_report", counting_rebuild)
     # SPO samples have no tool calls; demanding them is a critical expectation that must fail.
     cfg = _config(corpora, {"name": "expectations", "tool_call_rate": {"spo": [0.5, 1.0]}},
                   "report")
@@ -96,18 +106,17 @@ def test_critical_failure_fails_the_run_after_the_manifest(corpora: Path, tmp_pa
     assert str(tmp_path / DATA_DOCS) in msg and "fail_on: never" in msg
     manifest = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["artifacts"]["expectations"]["critical_success"] is False
-    # The report that explains the failure was still built.
+    # The report that explains the failure was still built, once.
+    assert built == [tmp_path]
     assert "Critical expectations failed" in (tmp_path / "report" / "index.html").read_text(
         encoding="utf-8")
     # fail_on: never records and carries on; any also stops on warnings.
-    ctx = RunContext(tmp_path, config=cfg)
-    ctx.artifacts["expectations"] = manifest["artifacts"]["expectations"]
-    Expectations(fail_on="never").after_manifest(ctx, manifest)
-    ctx.artifacts["expectations"] = {**manifest["artifacts"]["expectations"], "failed": [
-        {**f, "critical": False} for f in manifest["artifacts"]["expectations"]["failed"]]}
-    Expectations(fail_on="critical").after_manifest(ctx, manifest)
+    result = manifest["artifacts"]["expectations"]
+    Expectations(fail_on="never").check(result, tmp_path)
+    warnings_only = {**result, "failed": [{**f, "critical": False} for f in result["failed"]]}
+    Expectations(fail_on="critical").check(warnings_only, tmp_path)
     with pytest.raises(ExpectationError, match="^1 expectation\\(s\\) failed"):
-        Expectations(fail_on="any").after_manifest(ctx, manifest)
+        Expectations(fail_on="any").check(warnings_only, tmp_path)
 
 
 def test_split_shares_ignore_upsampled_copies(run: tuple[Path, dict[str, Any]],

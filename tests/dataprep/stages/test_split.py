@@ -12,6 +12,7 @@ from dataprep.dedup import normalize_for_matching, sample_key
 from dataprep.errors import ConfigError
 from dataprep.readers.chatglm3 import ChatGLM3Reader
 from dataprep.record import Conversation, Lineage, Message
+from dataprep.resources import Resources
 from dataprep.stages.base import RunContext
 from dataprep.stages.dedup import Dedup
 from dataprep.stages.split import Split, assign_splits, decontaminate, output_leakage
@@ -49,12 +50,12 @@ def test_assignment_keeps_groups_together_and_is_order_independent() -> None:
 def test_without_decontamination_the_stage_is_the_plain_assignment(tmp_path: Path) -> None:
     recs = [rec(f"r{i}", distinct(i % 50)) for i in range(100)]  # every text twice
     ctx = RunContext(tmp_path, seed=3)
-    out = list(Split(decontaminate=False).run(iter(recs), ctx))
+    out = list((split_stage := Split(decontaminate=False)).run(iter(recs), ctx))
     expected = assign_splits(recs, (0.8, 0.1, 0.1), seed=3)
     assert [r.split for r in out] == [expected[r.lineage.group_id] for r in recs]
-    assert "decontamination" not in ctx.stats["split"]
+    assert "decontamination" not in split_stage.stats
     # ... and such a random split leaks: the stage still reports it, and so does a direct audit.
-    reported = ctx.artifacts["leakage"]["output"]
+    reported = split_stage.stats.artifacts["leakage"]["output"]
     assert reported["leaked"] > 0 and reported["moved_records"] == 0
     assert output_leakage(out, [sample_key(r) for r in out])["leaked"] == reported["leaked"]
 
@@ -97,46 +98,52 @@ def test_stage_reports_moves_and_zero_output_leakage(tmp_path: Path) -> None:
     recs += [rec(f"s{i}", distinct(i), label="ab"[i % 2], source="train.jsonl")
              for i in range(1000, 1420)]
     ctx = RunContext(tmp_path, seed=1)
-    out = list(Split().run(iter(recs), ctx))
+    out = list((split_stage := Split()).run(iter(recs), ctx))
     by_text = defaultdict(set)
     for r in out[:180]:
         by_text[r.id.split("-")[0]].add(r.split)
     assert all(len(s) == 1 for s in by_text.values())
-    decon = ctx.stats["split"]["decontamination"]
+    decon = split_stage.stats["decontamination"]
     assert decon["moved_records"] > 20 and decon["moved_clusters"] > 10
     # Rebalancing moved distinct records back: 8:1:1 within one record, per label too.
     assert decon["rebalanced_records"] > 10
-    assert ctx.stats["split"]["records"] == {"train": 480, "dev": 60, "test": 60}
+    assert split_stage.stats["records"] == {"train": 480, "dev": 60, "test": 60}
     per_label = Counter((r.split, r.label) for r in out)
     assert all(abs(per_label[("dev", lab)] - 30) <= 3 for lab in "ab")
-    leakage = ctx.artifacts["leakage"]
+    leakage = split_stage.stats.artifacts["leakage"]
     assert leakage["output"]["rate"] == 0.0 and leakage["output"]["leaked"] == 0
     assert leakage["output"]["moved_records"] == decon["moved_records"]
     # No dedup stage ran: split audited its own input (dev.jsonl copies of train.jsonl texts).
     assert (leakage["input"]["leaked"], leakage["input"]["dev_test"]) == (60, 60)
     # Without rebalancing the moves pull records into train.
     ctx = RunContext(tmp_path, seed=1)
-    list(Split(rebalance=False).run(iter(recs), ctx))
-    assert ctx.stats["split"]["records"]["train"] > 490
+    list((split_stage := Split(rebalance=False)).run(iter(recs), ctx))
+    assert split_stage.stats["records"]["train"] > 490
 
 
 def test_input_audit_of_an_earlier_dedup_stage_is_kept(tmp_path: Path) -> None:
     recs = [rec("t", REPORT, source="train.jsonl"), rec("d", REPORT + "。", source="dev.jsonl"),
             rec("o", HOTEL, source="dev.jsonl")]
     ctx = RunContext(tmp_path)
-    out = list(Split().run(Dedup().run(iter(recs), ctx), ctx))
+    shared = Resources()  # one matching for both, as the pipeline builds it
+    split = Split(resources=shared)
+    out = list(split.run(Dedup(resources=shared).run(iter(recs), ctx), ctx))
     assert [r.id for r in out] == ["t", "o"]
-    assert ctx.artifacts["leakage"]["input"]["leaked"] == 1  # measured before 'd' was removed
-    assert ctx.artifacts["leakage"]["output"]["leaked"] == 0
+    leakage = split.stats.artifacts["leakage"]
+    assert leakage["input"]["leaked"] == 1  # measured before 'd' was removed
+    assert leakage["output"]["leaked"] == 0
+    # split reused dedup's search: the survivors of dedup have no pair among them.
+    assert split.stats["matching_reused"] is True
 
 
 def test_bad_options_fail_with_a_message() -> None:
     with pytest.raises(ConfigError, match="split.ratios must be three non-negative numbers"):
         Split(ratios=[0.8, 0.2])
-    with pytest.raises(ConfigError, match="split.fields must be one of"):
-        Split(fields="everything")
-    with pytest.raises(ConfigError, match="threshold must be in"):
-        Split(threshold=2)
+    with pytest.raises(ConfigError, match=r"stage 'split': unknown option 'ratio'; valid: ratios, "):
+        Split(ratio=[0.8, 0.1, 0.1])
+    # Matching is configured once per run, not per stage.
+    with pytest.raises(ConfigError, match="unknown option 'threshold'.*top-level 'matching:'"):
+        Split(threshold=0.7)
 
 
 # -- the real fine-tuning-lab files --------------------------------------------------------------
@@ -145,8 +152,8 @@ def test_lab_split_alone_moves_the_leaks_into_one_split(corpora: Path, tmp_path:
             for item in ChatGLM3Reader(corpora / LAB / name, unanswered_tool_call="keep").read()]
     assert len(recs) == 1803 and all(isinstance(r, Conversation) for r in recs)
     ctx = RunContext(tmp_path, seed=42)
-    out = list(Split().run(iter(recs), ctx))
-    leakage = ctx.artifacts["leakage"]
+    out = list((split := Split()).run(iter(recs), ctx))
+    leakage = split.stats.artifacts["leakage"]
     assert (leakage["input"]["leaked"], leakage["input"]["dev_test"]) == (24, 201)
     assert leakage["output"]["leaked"] == 0 and leakage["output"]["dev_test_pairs"] == 0
     assert leakage["output"]["moved_records"] > 10

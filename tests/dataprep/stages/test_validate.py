@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from dataprep.corpora.docqa.common import UNANSWERABLE_ANSWER
+from dataprep.corpora.spo.reader import SpoReader
 from dataprep.errors import ConfigError
-from dataprep.readers.docqa import UNANSWERABLE_ANSWER
-from dataprep.readers.spo import SpoReader
 from dataprep.record import Conversation, Lineage, Message
+from dataprep.resources import Resources
 from dataprep.stages.base import RunContext
 from dataprep.stages.clean import Clean
 from dataprep.stages.validate import Validate, role_order_problems
@@ -22,8 +23,11 @@ def _read(reader: object) -> list[Conversation]:
     return [r for r in reader.read() if isinstance(r, Conversation)]  # type: ignore[attr-defined]
 
 
-def _validate(recs: list[Conversation], ctx: RunContext, **options: object) -> list[Conversation]:
-    return list(Validate(**options).run(Clean().run(recs, ctx), ctx))  # type: ignore[arg-type]
+def _validate(recs: list[Conversation], ctx: RunContext, resources: Resources | None = None,
+              **options: object) -> tuple[list[Conversation], dict]:
+    """The records validate passes on, and the stage's stats."""
+    stage = Validate(resources=resources, **options)  # type: ignore[arg-type]
+    return list(stage.run(Clean().run(recs, ctx), ctx)), stage.stats
 
 
 # -- role order ---------------------------------------------------------------------------------
@@ -60,11 +64,12 @@ def spo_records(corpora: Path) -> list[Conversation]:
 
 def test_spo_real_file_rates(spo_records: list[Conversation], tmp_path: Path) -> None:
     ctx = RunContext(tmp_path)
-    out = _validate(copy.deepcopy(spo_records), ctx)
-    st = ctx.stats["validate"]
+    out, st = _validate(copy.deepcopy(spo_records), ctx)
     assert len(out) == 1125 and st["valid"] == 1125 and not ctx.rejects
     assert st["triples"] == {"records": 1125, "total": 4932, "in_text": 4932,
-                             "known_relation": 4932, "rate_in_text": 1.0, "skipped_no_meta": 0}
+                             "rate_in_text": 1.0, "skipped_no_meta": 0}
+    assert st["relations"] == {"records": 1125, "total": 4932, "known_relation": 4932,
+                               "skipped_no_meta": 0}
     assert st["rules"]["triple_not_in_text"] == {"mode": "reject", "checked": 1125, "failed": 0,
                                                  "rate": 0.0}
 
@@ -75,18 +80,18 @@ def test_spo_broken_triples_rejected_or_flagged(spo_records: list[Conversation],
     recs[0].meta["triples"][0][2] = "变速箱爆炸"  # not in the text
     recs[1].meta["triples"][0][1] = "原因"        # not a configured relation
     ctx = RunContext(tmp_path)
-    out = _validate(copy.deepcopy(recs), ctx)
+    out, stats = _validate(copy.deepcopy(recs), ctx)
     assert [r.id for r in out] == [recs[2].id]
     assert ctx.counts.rejected == Counter({"triple_not_in_text": 1, "unknown_relation": 1})
     assert "'变速箱爆炸' does not occur in the text" in ctx.rejects[0].message
-    st = ctx.stats["validate"]["triples"]
+    st = stats["triples"]
     assert st["in_text"] == st["total"] - 1 and st["rate_in_text"] < 1.0
     # flag mode keeps the record and says why; a narrower relation set rejects more.
     ctx = RunContext(tmp_path)
-    out = _validate(copy.deepcopy(recs), ctx, rules={"triple_not_in_text": "flag",
-                                                     "unknown_relation": "off"})
+    out, stats = _validate(copy.deepcopy(recs), ctx, rules={"triple_not_in_text": "flag",
+                                                            "unknown_relation": "off"})
     assert len(out) == 3 and out[0].lineage.extra["flags"] == ["triple_not_in_text"]
-    assert ctx.stats["validate"]["flagged"] == 1
+    assert stats["flagged"] == 1
     assert out[0].to_chatglm3()["lineage"]["extra"]["flags"] == ["triple_not_in_text"]
 
 
@@ -102,8 +107,8 @@ def test_grounding_score() -> None:
 
 @pytest.fixture(scope="module")
 def docqa_records(corpora: Path) -> list[Conversation]:
-    from dataprep.readers.cmrc2018 import Cmrc2018Reader
-    from dataprep.readers.dureader import DuReaderReader
+    from dataprep.corpora.docqa.cmrc2018 import Cmrc2018Reader
+    from dataprep.corpora.docqa.dureader import DuReaderReader
 
     return (_read(Cmrc2018Reader(corpora / "cmrc2018" / "cmrc2018_dev.json", negatives=0))
             + _read(DuReaderReader(corpora / "dureader-2.0-demo" / "search.train.json")))
@@ -111,8 +116,8 @@ def docqa_records(corpora: Path) -> list[Conversation]:
 
 def test_grounding_rates_on_real_docqa(docqa_records: list[Conversation], tmp_path: Path) -> None:
     ctx = RunContext(tmp_path)
-    out = _validate(copy.deepcopy(docqa_records), ctx)
-    g = ctx.stats["validate"]["grounding"]
+    out, stats = _validate(copy.deepcopy(docqa_records), ctx)
+    g = stats["grounding"]
     cmrc, dureader = g["by_source"]["cmrc2018_dev.json"], g["by_source"]["search.train.json"]
     # Measured (see the validate module docstring): CMRC extractive answers are all grounded;
     # DuReader's human-written answers mostly are, at the default threshold 0.5 (94 of 96).
@@ -122,8 +127,9 @@ def test_grounding_rates_on_real_docqa(docqa_records: list[Conversation], tmp_pa
     assert len(out) == len(docqa_records) - ctx.counts.rejected["answer_not_grounded"]
     # A stricter threshold rejects more.
     strict = RunContext(tmp_path)
-    _validate(copy.deepcopy(docqa_records[-96:]), strict, grounding_threshold=0.9)
-    assert strict.stats["validate"]["grounding"]["grounded"] < dureader["grounded"]
+    _, strict_stats = _validate(copy.deepcopy(docqa_records[-96:]), strict,
+                                grounding_threshold=0.9)
+    assert strict_stats["grounding"]["grounded"] < dureader["grounded"]
 
 
 def test_answers_paired_with_the_wrong_documents_fail(docqa_records: list[Conversation],
@@ -133,7 +139,7 @@ def test_answers_paired_with_the_wrong_documents_fail(docqa_records: list[Conver
     for i, rec in enumerate(recs):
         rec.meta["positive_docs"] = docs[(i + 37) % len(recs)]
     ctx = RunContext(tmp_path)
-    out = _validate(recs, ctx)
+    out, _ = _validate(recs, ctx)
     assert len(out) <= 10  # short answers can share a bigram by chance
     assert ctx.counts.rejected["answer_not_grounded"] >= 90
 
@@ -145,8 +151,8 @@ def test_unanswerable_samples_pass(tmp_path: Path) -> None:
                        meta={"answer": UNANSWERABLE_ANSWER, "positive_docs": [],
                              "negative_docs": ["无关"]})
     ctx = RunContext(tmp_path)
-    assert len(list(Validate().run([rec], ctx))) == 1
-    assert ctx.stats["validate"]["grounding"]["unanswerable"] == 1
+    assert len(list((validate_stage := Validate()).run([rec], ctx))) == 1
+    assert validate_stage.stats["grounding"]["unanswerable"] == 1
     rec.meta["answer"] = "某个答案"
     assert list(Validate().run([rec], ctx)) == []
     assert "no positive document" in ctx.rejects[0].message
@@ -155,37 +161,37 @@ def test_unanswerable_samples_pass(tmp_path: Path) -> None:
 # -- hotel --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lab_dev(corpora: Path, hotel_db_path: Path) -> list[Conversation]:
-    from dataprep.readers.lab import LabChatGLM3Reader
+    from dataprep.corpora.hotel.lab import LabChatGLM3Reader
 
     return _read(LabChatGLM3Reader(
         corpora / "crosswoz-hotel-finetune-lab" / "dev.chatglm3.jsonl", hotel_db=str(hotel_db_path)))
 
 
-def _hotel_ctx(tmp_path: Path, hotel_db_path: Path) -> RunContext:
-    return RunContext(tmp_path, hotel_db_path=str(hotel_db_path))
+def _hotel_db(hotel_db_path: Path) -> Resources:
+    return Resources(hotel_db_path=str(hotel_db_path))
 
 
 def test_hotel_rates_on_real_lab_dev(lab_dev: list[Conversation], tmp_path: Path,
                                      hotel_db_path: Path) -> None:
-    ctx = _hotel_ctx(tmp_path, hotel_db_path)
-    out = _validate(copy.deepcopy(lab_dev), ctx)
-    rules = ctx.stats["validate"]["rules"]
+    ctx = RunContext(tmp_path)
+    out, stats = _validate(copy.deepcopy(lab_dev), ctx, _hotel_db(hotel_db_path))
+    rules = stats["rules"]
     viol = rules["observation_violates_call"]
     # The lab's rewritten calls often no longer match their results (13-17% measured).
     assert viol["checked"] > 100 and 0.05 < viol["rate"] < 0.30
     assert ctx.counts.rejected["observation_violates_call"] > 0
-    rm = ctx.stats["validate"]["reply_mentions"]
+    rm = stats["reply_mentions"]
     assert rm["checked"] > 100 and rm["rate"] >= 0.99
     flagged = [r for r in out if "reply_mentions_no_result" in r.lineage.extra.get("flags", [])]
-    assert len(flagged) == ctx.stats["validate"]["flagged"]
+    assert len(flagged) == stats["flagged"]
     assert len(flagged) <= rules["reply_mentions_no_result"]["failed"]
-    assert len(out) == ctx.stats["validate"]["valid"] == len(lab_dev) - len(ctx.rejects)
+    assert len(out) == stats["valid"] == len(lab_dev) - len(ctx.rejects)
 
 
 def _valid_hotel_record(lab_dev: list[Conversation], tmp_path: Path,
                         hotel_db_path: Path) -> Conversation:
-    ctx = _hotel_ctx(tmp_path, hotel_db_path)
-    for rec in _validate(copy.deepcopy(lab_dev), ctx):
+    ctx = RunContext(tmp_path)
+    for rec in _validate(copy.deepcopy(lab_dev), ctx, _hotel_db(hotel_db_path))[0]:
         tools = [m for m in rec.messages if m.role == "tool" and isinstance(m.observation, list)
                  and m.observation]
         if tools and not rec.lineage.extra.get("flags"):
@@ -203,15 +209,16 @@ def test_tampered_hotel_records(lab_dev: list[Conversation], tmp_path: Path,
     over_budget.messages[i].parameters = {"price_range_upper": 1.0}
     silent = copy.deepcopy(good)
     silent.messages[i + 1].content = "好的，已经为您查到了。"
-    ctx = _hotel_ctx(tmp_path, hotel_db_path)
-    out = list(Validate().run([over_budget, silent], ctx))
+    ctx = RunContext(tmp_path)
+    out = list(Validate(resources=_hotel_db(hotel_db_path)).run([over_budget, silent], ctx))
     assert ctx.counts.rejected == Counter({"observation_violates_call": 1})
     assert f"{hotel['name']!r} does not satisfy the call" in ctx.rejects[0].message
     assert "above price_range_upper" in ctx.rejects[0].message
     assert len(out) == 1 and out[0].lineage.extra["flags"] == ["reply_mentions_no_result"]
     # As a hard rule the silent reply is rejected too.
-    ctx = _hotel_ctx(tmp_path, hotel_db_path)
-    out = list(Validate(rules={"reply_mentions_no_result": "reject"}).run(
+    ctx = RunContext(tmp_path)
+    out = list(Validate(rules={"reply_mentions_no_result": "reject"},
+                        resources=_hotel_db(hotel_db_path)).run(
         [copy.deepcopy(silent)], ctx))
     assert out == [] and ctx.counts.rejected == Counter({"reply_mentions_no_result": 1})
 

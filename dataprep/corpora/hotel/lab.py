@@ -1,0 +1,269 @@
+"""The fine-tuning-lab hotel data (agiclass/fine-tuning-lab), in its two layouts.
+
+``lab_dialog`` — one dialogue per line, a list of turns::
+
+    [{"role": "user", "content": …}, {"role": "search", "arguments": {…}},
+     {"role": "return", "records": [{name, type, …, price, rating, hotel_id}]},
+     {"role": "assistant", "content": …}, …]
+
+``lab_chatglm3`` — the lab's ChatGLM3 export (``train/dev.chatglm3.jsonl``): ``tools`` is
+double-encoded, each ``search`` became an assistant "thought" ("我需要使用search_hotels工具来查询酒店")
+plus a ``tool`` turn, and samples whose target was a call end with that call, without observation.
+
+Both become hotel conversations: ``corpus="hotel"``, ``tools=HOTEL_TOOLS``, the lab's turns kept as
+they are (no thought is invented for ``lab_dialog``), ``label=scenario_label(conv)``, and
+``meta={"dialogue_id", "calls", …}``. Repairs, each recorded in ``lineage.ops``:
+
+- ``normalise_facilities``: the lab's searches use ChatGPT paraphrases of facility names (24% of
+  its records), which our exact-match tool schema rejects; :meth:`HotelDB.canonical_facility` maps
+  them to database names, the originals are kept in ``lineage.extra["facilities_original"]``. A
+  wording with no unambiguous database name rejects the record (``unknown_facility``).
+- ``cut_unanswered_tool_call``: see :mod:`dataprep.readers.chatglm3` (default ``cut`` here).
+- ``decode_tools`` / ``hotel_tools``: the lab's tool list is decoded, checked to be
+  ``search_hotels``, and replaced by our :data:`~dataprep.corpora.hotel.tools.HOTEL_TOOLS`.
+
+Split groups come from :func:`~dataprep.corpora.hotel.hotel_db.hotel_group_id` (first user text + first call, as
+the lab wrote them), so a dialogue and its copies in either layout or file share one group.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from dataprep.corpora.hotel.hotel_db import HotelDB, hotel_group_id, scenario_label
+from dataprep.corpora.hotel.tools import SEARCH_HOTELS_TOOL, check_parameters, hotel_tools
+from dataprep.errors import ConfigError, InputError
+from dataprep.readers.base import Item, Reader
+from dataprep.readers.chatglm3 import ChatGLM3Reader, cut_unanswered_tool_call
+from dataprep.record import MISSING, Conversation, Lineage, Message, Reject
+
+TOOL_NAME = SEARCH_HOTELS_TOOL["name"]
+
+
+class HotelLabMixin:
+    """Steps shared by the two lab layouts. Needs ``self.db``, ``self.source``, ``make_reject``."""
+
+    db: HotelDB
+    source: str
+    corpus: ClassVar[str]
+
+    def normalise_call(self, params: dict[str, Any], pointer: str, line: int, text: str | None,
+                       rewrites: dict[str, str]) -> tuple[dict[str, Any] | None, Reject | None]:
+        """Facility names mapped to the database's, then the call checked against the tool."""
+        out = dict(params)
+        facs = params.get("facilities")
+        if isinstance(facs, list):
+            mapped: list[str] = []
+            for j, f in enumerate(facs):
+                canon = self.db.canonical_facility(f) if isinstance(f, str) else None
+                if canon is None:
+                    return None, self.make_reject(  # type: ignore[attr-defined]
+                        "unknown_facility",
+                        f"{pointer}/facilities/{j}: {f!r} is not a hotel_db facility and has no "
+                        "unambiguous synonym (see FACILITY_SYNONYMS in dataprep/corpora/hotel/hotel_db.py)",
+                        line, text=text)
+                if canon != f:
+                    rewrites[f] = canon
+                if canon not in mapped:  # two paraphrases of one facility
+                    mapped.append(canon)
+            out["facilities"] = mapped
+        problems = check_parameters(out)
+        if problems:
+            return None, self.make_reject(  # type: ignore[attr-defined]
+                "invalid_tool_call", f"{pointer}{problems[0]}" + (
+                    f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
+                line, text=text)
+        return out, None
+
+    def hotel_conversation(self, rid: str, messages: list[Message], line: int,
+                           first_user: str, first_call: dict[str, Any] | None,
+                           ops: list[str], rewrites: dict[str, str],
+                           meta: dict[str, Any]) -> Conversation:
+        calls = [m.parameters for m in messages if m.role == "tool"]
+        mismatches = sum(
+            1 for m in messages if m.role == "tool" and isinstance(m.observation, list)
+            for r in m.observation
+            if isinstance(r, dict) and self.db.violations(r, m.parameters or {}))
+        lineage = Lineage(source=self.source, line=line,
+                          group_id=hotel_group_id(first_user, first_call), ops=[*ops])
+        if rewrites:
+            lineage.ops.append("normalise_facilities")
+            lineage.extra["facilities_original"] = rewrites
+        lineage.ops.append("hotel_tools")
+        conv = Conversation(id=rid, messages=messages, lineage=lineage,
+                            tools=copy.deepcopy(self.tools), corpus=self.corpus,
+                            meta={**meta, "calls": calls,
+                                  # The lab's results came from an embedding search, not from
+                                  # exact filters: count, do not drop, those that miss a filter.
+                                  "observation_mismatches": mismatches})
+        return conv
+
+
+def _hotel_setup(reader: Any, hotel_db: str | None, unanswered_tool_call: str,
+                 facility_enum: bool) -> None:
+    """Options both lab readers share: the database, the trailing-call policy, the tool copy."""
+    if not hotel_db:
+        raise ConfigError(f"reader {reader.name!r} needs hotel_db (CrossWOZ hotel_db.json): "
+                          "pass --hotel-db or set 'hotel_db:' in the config")
+    reader.db = HotelDB.load(hotel_db)
+    if unanswered_tool_call not in ("cut", "remove"):
+        raise ConfigError(f"reader {reader.name!r}: unanswered_tool_call must be cut or remove, "
+                          f"got {unanswered_tool_call!r}")
+    reader.tools = hotel_tools(facility_enum)
+
+
+class LabDialogReader(HotelLabMixin, Reader):
+    """Reads ``raw_dialogs.jsonl``. Options: ``index`` (the ``*.index.tsv`` naming each line's
+    source file; default: ``<stem>.index.tsv`` next to the input when it exists, ``false`` for
+    none), ``unanswered_tool_call`` (``cut`` or ``remove``), ``facility_enum`` (show the model the
+    facility vocabulary in the tool schema; default true, see :func:`~dataprep.corpora.hotel.tools.hotel_tools`)."""
+
+    name = "lab_dialog"
+    corpus = "hotel"
+    input_schema = "lab_dialog"
+    needs_hotel_db = True
+
+    def configure(self, hotel_db: str | None = None, index: str | bool | None = None,
+                  unanswered_tool_call: str = "cut", facility_enum: bool = True) -> None:
+        _hotel_setup(self, hotel_db, unanswered_tool_call, facility_enum)
+        self.unanswered = unanswered_tool_call
+        self.index = self._load_index(index)
+
+    def _load_index(self, index: str | bool | None) -> dict[int, dict[str, str]]:
+        if index is False:
+            return {}
+        path = Path(index) if isinstance(index, str) else \
+            self.path.with_name(self.path.name.removesuffix(".jsonl") + ".index.tsv")
+        if not path.is_file():
+            if isinstance(index, str):
+                raise InputError(f"{index}: no such index file")
+            return {}
+        with path.open(encoding="utf-8", newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+        if rows and "line" not in rows[0]:
+            raise InputError(f"{path}: expected a tab-separated header with 'line', found "
+                             f"{list(rows[0])}")
+        return {int(r["line"]): r for r in rows}
+
+    def read(self) -> Iterator[Item]:
+        for line, value, text, rej in self.iter_json_lines():
+            yield rej if rej is not None else self.convert(value, line, text)
+
+    def convert(self, turns: list[dict[str, Any]], line: int, text: str | None) -> Item:
+        messages: list[Message] = []
+        rewrites: dict[str, str] = {}
+        first_call: dict[str, Any] | None = None
+        for i, turn in enumerate(turns):
+            role = turn["role"]
+            if role in ("user", "assistant"):
+                messages.append(Message(role, turn["content"]))
+            elif role == "search":
+                if first_call is None:
+                    first_call = turn["arguments"]
+                params, rej = self.normalise_call(turn["arguments"], f"/{i}/arguments", line,
+                                                  text, rewrites)
+                if rej is not None:
+                    return rej
+                messages.append(Message("tool", name=TOOL_NAME, parameters=params))
+            else:  # return: the observation of the search right before it
+                if not messages or messages[-1].role != "tool" \
+                        or messages[-1].observation is not MISSING:
+                    return self.make_reject(
+                        "orphan_return", f"/{i}: a 'return' turn must follow a 'search' turn, "
+                        f"found it after {turns[i - 1]['role'] if i else 'nothing'!r}",
+                        line, text=text)
+                messages[-1].observation = turn["records"]
+        if not any(m.role == "user" for m in messages):
+            return self.make_reject("no_user_turn", "/: expected at least one 'user' turn",
+                                    line, text=text)
+        ops: list[str] = []
+        if messages[-1].role == "tool":
+            kept = cut_unanswered_tool_call(messages) if self.unanswered == "cut" else None
+            if kept is None:
+                return self.make_reject(
+                    "unanswered_tool_call", f"/{len(turns) - 1}: the dialogue ends with a search "
+                    "that was never answered, and has no answered exchange before it",
+                    line, text=text, kind="removed")
+            messages = kept
+            ops.append("cut_unanswered_tool_call")
+        if messages[-1].role != "assistant":
+            return self.make_reject(
+                "not_ending_with_assistant", f"/{len(turns) - 1}: expected the dialogue to end "
+                f"with an assistant turn, found {turns[-1]['role']!r}", line, text=text)
+        first_user = next(t["content"] for t in turns if t["role"] == "user")
+        src = self.index.get(line, {})
+        meta = {"dialogue_id": (f"{src['source_path']}#{src['item_index']}"
+                                if src.get("item_index") else src.get("source_path"))
+                or f"{self.path.name}:{line}"}
+        conv = self.hotel_conversation(self.make_id(line), messages, line, first_user,
+                                       first_call, ops, rewrites, meta)
+        if src:
+            conv.lineage.extra["source_path"] = src.get("source_path")
+            if src.get("item_index"):
+                conv.lineage.extra["item_index"] = int(src["item_index"])
+        conv.label = scenario_label(conv)
+        return conv
+
+
+class LabChatGLM3Reader(HotelLabMixin, ChatGLM3Reader):
+    """Reads the lab's ``*.chatglm3.jsonl``. Options: ``unanswered_tool_call`` (``cut``, default,
+    or ``remove``), ``facility_enum`` (as for ``lab_dialog``)."""
+
+    name = "lab_chatglm3"
+    corpus = "hotel"
+    input_schema = "lab_chatglm3"
+    needs_hotel_db = True
+    default_unanswered = "cut"
+
+    def configure(self, hotel_db: str | None = None, unanswered_tool_call: str = "cut",
+                  facility_enum: bool = True) -> None:
+        _hotel_setup(self, hotel_db, unanswered_tool_call, facility_enum)
+        super().configure(unanswered_tool_call=unanswered_tool_call)
+
+    def convert(self, value: Any, line: int, text: str | None) -> Item:
+        rej = self.schema_reject(value, line, text)
+        if rej is not None:
+            return rej
+        record, ops, rej = self.decode(value, line, text)
+        if rej is not None:
+            return rej
+        assert record is not None
+        names = [t.get("name") for t in record["tools"]]
+        if names != [TOOL_NAME]:
+            return self.make_reject("unexpected_tools", f"/tools: expected the one tool "
+                                    f"{TOOL_NAME!r}, found {names}", line, text=text)
+        rewrites: dict[str, str] = {}
+        messages: list[Message] = []
+        first_call: dict[str, Any] | None = None
+        for i, m in enumerate(record["conversations"]):
+            if m["role"] == "tool":
+                if m["name"] != TOOL_NAME:
+                    return self.make_reject("unknown_tool", f"/conversations/{i}/name: expected "
+                                            f"{TOOL_NAME!r}, found {m['name']!r}", line, text=text)
+                if first_call is None:
+                    first_call = m["parameters"]
+                params, rej = self.normalise_call(m["parameters"], f"/conversations/{i}/parameters",
+                                                  line, text, rewrites)
+                if rej is not None:
+                    return rej
+                m = {**m, "parameters": params}
+            try:
+                messages.append(Message.from_dict(m))
+            except ValueError as e:
+                return self.make_reject("invalid_message", f"/conversations/{i}: {e}", line,
+                                        text=text)
+        first_user = next((m.content for m in messages if m.role == "user"), None)
+        if first_user is None:
+            return self.make_reject("no_user_turn", "/conversations: expected at least one user "
+                                    "message", line, text=text)
+        conv = self.hotel_conversation(self.make_id(line), messages, line, first_user, first_call,
+                                       ops, rewrites, {"dialogue_id": f"{self.path.name}:{line}"})
+        item = self.finish(conv, line, text)
+        if isinstance(item, Conversation):
+            item.meta["calls"] = [m.parameters for m in item.messages if m.role == "tool"]
+            item.label = scenario_label(item)
+        return item
