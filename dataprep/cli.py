@@ -33,14 +33,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dataprep.pipeline import Pipeline
     from dataprep.progress import make_progress
 
+    if args.engine != "ray" and (args.ray_address or args.ray_cpus):
+        _err("dataprep run: --ray-address and --ray-cpus need --engine ray")
+        return EXIT_USAGE
     overrides = list(args.set or [])
     if args.strict:
         overrides.append("strict=true")
     if args.dry_run:
         overrides.append("llm.dry_run=true")
     cfg = load_config(args.config, overrides=overrides, out=args.out)
+    if args.engine == "ray":
+        try:
+            from dataprep.ray_engine import RayPipeline
+        except ImportError as e:
+            _err(f"dataprep run: --engine ray needs Ray: pip install 'chatglm-dataprep[ray]' ({e})")
+            return EXIT_USAGE
+        pipeline: Pipeline = RayPipeline(cfg, address=args.ray_address, num_cpus=args.ray_cpus)
+    else:
+        pipeline = Pipeline(cfg)
     verbosity = 0 if args.quiet else 1 + args.verbose
-    manifest = Pipeline(cfg).run(progress=make_progress(verbosity=verbosity))
+    manifest = pipeline.run(progress=make_progress(verbosity=verbosity))
     counts = manifest["counts"]
     out = Path(manifest["outputs"]["train"]).parent
     print(f"{cfg.name}: {counts['input']} input, {sum(counts['rejected'].values())} rejected, "
@@ -184,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true",
                    help="make no LLM request: estimate requests, tokens and cost of the LLM ops "
                    "instead (the rest of the pipeline runs as usual)")
+    r.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: per-record stages and the duplicate "
+                   "search on Ray, same outputs")
+    r.add_argument("--ray-address", metavar="ADDR",
+                   help="a running Ray cluster (e.g. ray://head:10001 or auto); default: start a "
+                   "local Ray")
+    r.add_argument("--ray-cpus", type=int, metavar="N",
+                   help="CPUs of the local Ray (default: all of this machine)")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("convert", help="one corpus layout in, ChatGLM3 JSONL out",

@@ -502,6 +502,12 @@ class AtomicWriter:
         self._fh = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
         return self._fh
 
+    @property
+    def temp_path(self) -> str:
+        """Where the content goes until it is committed (inside the ``with`` block)."""
+        assert self._tmp is not None
+        return self._tmp
+
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         assert self._fh is not None and self._tmp is not None
         try:

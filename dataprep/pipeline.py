@@ -33,7 +33,7 @@ from dataprep.stages.base import (
 from dataprep.stages.split import Split
 
 VERSIONED = ("datasets", "pandas", "jsonschema", "openai", "transformers", "torch", "peft",
-             "bitsandbytes", "great_expectations", "datasketch", "sentencepiece", "opencc",
+             "bitsandbytes", "great_expectations", "rensa", "sentencepiece", "opencc",
              "pyyaml")
 
 
@@ -147,12 +147,12 @@ class Pipeline:
              ) -> tuple[dict[str, Any], BaseException | None]:
         ctx = RunContext(out, seed=self.config.seed, strict=self.config.strict, home=home)
         started = time.time()
-        stream: Iterable[Conversation] = progress.track(
-            "read", timed("read", read_all(self.readers, ctx), ctx))
-        for stage in self.stages:
-            stream = progress.track(stage.name, timed(stage.name, stage.run(stream, ctx), ctx))
-        for _ in stream:
-            pass
+        try:
+            for _ in self.stream(ctx, progress):
+                pass
+        except BaseException:
+            ctx.discard_rejects()
+            raise
         ctx.write_rejects()
         finish_seconds: dict[str, float] = {}
         for stage in self.stages:
@@ -176,6 +176,15 @@ class Pipeline:
         except Exception as e:  # noqa: BLE001 - raised by run() after the swap
             return manifest, e
         return manifest, None
+
+    def stream(self, ctx: RunContext, progress: RunProgress) -> Iterable[Conversation]:
+        """The records coming out of the last stage (the engine's part: :mod:`dataprep.ray_engine`
+        runs the same stages on a Ray cluster)."""
+        stream: Iterable[Conversation] = progress.track(
+            "read", timed("read", read_all(self.readers, ctx), ctx))
+        for stage in self.stages:
+            stream = progress.track(stage.name, timed(stage.name, stage.run(stream, ctx), ctx))
+        return stream
 
     def run_post_steps(self, out: Path, manifest: dict[str, Any],
                        progress: RunProgress | None = None, home: Path | None = None) -> None:
