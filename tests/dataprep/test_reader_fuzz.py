@@ -48,6 +48,21 @@ SEEDS = {
     "lab_dialog": "lab_dialogs_sample.jsonl",
     "lab_chatglm3": "lab_chatglm3_sample.jsonl",
     "chatglm3": "lab_chatglm3_sample.jsonl",
+    # generic chat formats (export's readers): small seeds written here, see INLINE_SEEDS
+    "sharegpt": "sharegpt",
+    "openai_chat": "openai_chat",
+    "glm4": "glm4",
+}
+_TURNS = [("帮我找一家评分4.5分以上的酒店", "推荐北京饭店，评分4.7分。"), ("价格呢？", "每晚800元。")]
+INLINE_SEEDS = {
+    "sharegpt": [{"conversations": [x for u, a in _TURNS for x in
+                                    ({"from": "human", "value": u}, {"from": "gpt", "value": a})]}],
+    "openai_chat": [{"messages": [x for u, a in _TURNS for x in
+                                  ({"role": "user", "content": u},
+                                   {"role": "assistant", "content": a})]}],
+    "glm4": [{"messages": [x for u, a in _TURNS for x in
+                           ({"role": "user", "content": u},
+                            {"role": "assistant", "content": a})]}],
 }
 DOCUMENT_READERS = {"cmrc2018", "crosswoz"}
 HOTEL_DB = DATA / "hotel_db_sample.json"
@@ -121,7 +136,10 @@ def mutation(draw: st.DrawFn, text: str) -> str:
 
 @st.composite
 def hostile_file(draw: st.DrawFn, reader: str) -> bytes:
-    seed = (DATA / SEEDS[reader]).read_text(encoding="utf-8")
+    if reader in INLINE_SEEDS:
+        seed = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in INLINE_SEEDS[reader] * 3)
+    else:
+        seed = (DATA / SEEDS[reader]).read_text(encoding="utf-8")
     if reader in DOCUMENT_READERS:
         text = seed
         for _ in range(draw(st.integers(1, 3))):
