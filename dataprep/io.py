@@ -173,6 +173,12 @@ class AtomicWriter:
         self._fh = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
         return self._fh
 
+    @property
+    def tmp_path(self) -> Path:
+        """The file being written (valid inside the ``with``; flush the handle before reading)."""
+        assert self._tmp is not None
+        return Path(self._tmp)
+
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         assert self._fh is not None and self._tmp is not None
         try:

@@ -1,11 +1,20 @@
-"""``write``: the three ChatGLM3 JSONL splits, each validated line by line, written atomically."""
+"""``write``: the three ChatGLM3 JSONL splits, each validated line by line, written atomically.
+
+Before a split is committed, the writer checks that all its lines share one Arrow schema (the
+file read as one block by ``pyarrow.json``, as ``datasets.load_dataset("json")`` reads it): a
+field that is a list on one line and a string on another (the lab's 172 ``facilities`` strings
+before normalisation) raises :class:`~dataprep.errors.SplitSchemaError` naming the split and
+the field, and no split is written.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from dataprep import schema
+from dataprep.errors import SplitSchemaError
 from dataprep.io import AtomicWriter, dumps
 from dataprep.record import Conversation
 from dataprep.stages.base import RunContext, Stage, StageOptions
@@ -46,7 +55,28 @@ class Write(Stage):
                 handles[rec.split].write(dumps(line) + "\n")
                 ctx.counts.splits[rec.split] += 1
                 yield rec
+            for split, fh in handles.items():
+                fh.flush()
+                check_arrow_schema(writers[split].tmp_path, split)
             ok = True
         finally:
             for w in writers.values():
                 w.__exit__(None if ok else RuntimeError, None, None)
+
+
+def check_arrow_schema(path: Path, split: str) -> None:
+    """Raise :class:`SplitSchemaError` when the lines of ``path`` do not share one Arrow schema."""
+    import pyarrow as pa
+    import pyarrow.json as pajson
+
+    size = path.stat().st_size
+    if size == 0:
+        return
+    # One block: every line's types are unified into one schema, or the read fails.
+    options = pajson.ReadOptions(block_size=size + 1)
+    try:
+        pajson.read_json(path, read_options=options)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise SplitSchemaError(
+            f"{split}.jsonl: its lines do not share one schema, so datasets.load_dataset('json') "
+            f"cannot load it: {e}. A reader or stage must normalise that field.") from e
