@@ -285,6 +285,28 @@ def _clusters(manifest: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
     return max(int(total), len(clusters)), shown
 
 
+def flag_rows(out: Path, validate: dict[str, Any] | None,
+              examples: int = 3) -> list[dict[str, Any]]:
+    """The report's "Flags" section: per flag reason (validate's ``flags`` counts: kept records
+    a rule flagged instead of rejecting), how many were written and a few written examples with
+    the rule's message. Most frequent first."""
+    counts = (validate or {}).get("flags") or {}
+    rows = {r: {"reason": r, "count": n, "written": 0, "examples": []}
+            for r, n in counts.items()}
+    for split in SPLITS:
+        for d in _iter_split(out, split):
+            extra = (d.get("lineage") or {}).get("extra") or {}
+            for reason in extra.get("flags") or []:
+                row = rows.setdefault(reason, {"reason": reason, "count": 0, "written": 0,
+                                               "examples": []})
+                row["written"] += 1
+                if len(row["examples"]) < examples:
+                    row["examples"].append({
+                        "id": d.get("id"), "split": split,
+                        "message": (extra.get("flag_messages") or {}).get(reason, "")})
+    return sorted(rows.values(), key=lambda r: (-r["count"], r["reason"]))
+
+
 def rebuild_report(out_dir: str | Path) -> Path:
     """(Re)build ``OUT/report/index.html`` and its charts from a finished run folder.
 
@@ -374,6 +396,7 @@ def rebuild_report(out_dir: str | Path) -> Path:
         "identity_left": left, "identity_right": counts["train"] + counts["dev"] + counts["test"],
         "stage_rows": _stage_rows(manifest, rejects), "rejects": rejects,
         "clean": stats.get("clean"), "validate": stats.get("validate"), "balance": balance,
+        "flags": flag_rows(out, stats.get("validate")),
         "dedup_stats": _kv(stats.get("dedup")), "n_clusters": n_clusters, "clusters": clusters,
         "leakage": {k: _kv(v) for k, v in (artifacts.get("leakage") or {}).items()
                     if isinstance(v, dict)},

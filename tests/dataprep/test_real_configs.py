@@ -108,3 +108,20 @@ def test_flags_are_counted_and_shown(real_runs: dict[str, Path]) -> None:
                       for f in r["lineage"].get("extra", {}).get("flags", []))
     # Flagged records are kept: every written flag is counted (duplicates removed after).
     assert all(written[k] <= n for k, n in flags.items()) and sum(written.values()) > 0
+
+
+def test_the_report_lists_each_flag_reason_with_examples(real_runs: dict[str, Path]) -> None:
+    from dataprep.stages.report import flag_rows, rebuild_report
+
+    out = real_runs["hotel_lab"]
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    rows = flag_rows(out, manifest["stage_stats"]["validate"])
+    assert {r["reason"] for r in rows} == set(manifest["stage_stats"]["validate"]["flags"])
+    for r in rows:
+        assert 0 < r["written"] <= r["count"] and 1 <= len(r["examples"]) <= 3
+        assert all(ex["message"].startswith("/conversations/") for ex in r["examples"])
+    page = rebuild_report(out).read_text(encoding="utf-8")
+    section = page.split('id="flags"')[1].split("<h2")[0]
+    for r in rows:
+        assert f"<td>{r['reason']}</td>" in section
+        assert f'<td class="num">{r["count"]}</td>' in section
