@@ -14,12 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import sys
 import time
 from multiprocessing.synchronize import Event as EventType
+from pathlib import Path
 from typing import Any
 
 from dataprep.llm import LLMClient, LLMConfig, LLMRequest
-from dataprep.llm.fake_server import FakeChatServer
+
+# The fake server is a test helper, kept out of the installed package; the bench runs from a
+# checkout, so the repository root is put on the path to reach it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.fake_chat_server import FakeChatServer  # noqa: E402
 
 
 def _serve(latency_s: float, ports: Any, stop: EventType) -> None:

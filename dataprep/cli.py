@@ -1,8 +1,9 @@
 """The ``dataprep`` command. Each subcommand is a thin wrapper over a library call; library errors
 become one line on stderr and an exit code, never a traceback.
 
-Exit codes: 0 success, 1 the data had problems (rejects, invalid lines), 2 unusable arguments,
-a missing file or a bad config.
+Exit codes: 0 success, 1 the data had problems (rejects, invalid lines, every LLM request of a
+run failed), 2 unusable arguments, a missing file or a bad config (a refused API key, an
+unusable LLM cache).
 """
 
 from __future__ import annotations
@@ -59,9 +60,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = manifest.get("artifacts", {}).get("report")
     if report:
         print(f"  report:   {report}")
-    estimate = (manifest.get("artifacts", {}).get("llm") or {}).get("dry_run")
-    if args.dry_run and estimate:
-        print(f"  LLM dry run (nothing was sent): {estimate}")
+    llm = manifest.get("artifacts", {}).get("llm") or {}
+    if args.dry_run and llm.get("dry_run"):
+        print(f"  LLM dry run (nothing was sent): {llm['dry_run']}")
+    if llm.get("all_failed"):
+        # The splits are complete and consistent, but the LLM ops added nothing: a run that
+        # was asked for rewrites and made none must not look like a success.
+        failures = ", ".join(f"{k} {v}" for k, v in llm.get("failures", {}).items())
+        _err(f"dataprep run: all {llm['items']} LLM requests failed ({failures}); the outputs "
+             f"hold no LLM rewrites; see manifest.json artifacts.llm and fix the endpoint")
+        return EXIT_DATA
     return EXIT_OK
 
 

@@ -1,4 +1,4 @@
-"""``dataprep-train``: the trainer plugin's command line (tokenize, train, merge, eval, predict).
+"""``dataprep-train``: the trainer plugin's command line (tokenize, train, merge, convert, eval, predict).
 
 Every command is a thin wrapper over a library call. The library raises; only :func:`main` turns
 an error into a one-line message and an exit code (2: bad arguments, missing file, invalid input;
@@ -11,10 +11,12 @@ an error into a one-line message and an exit code (2: bad arguments, missing fil
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import sys
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,6 +64,8 @@ SUBCOMMANDS: list[Subcommand] = [
                "trainer_plugin.train:add_arguments", "trainer_plugin.train:run"),
     Subcommand("merge", "merge a LoRA adapter into its base model, verified against base+adapter",
                "trainer_plugin.merge:add_arguments", "trainer_plugin.merge:run"),
+    Subcommand("convert", "convert a model or LoRA adapter between the official ChatGLM3 layout "
+               "and native GLM", "trainer_plugin.convert:add_arguments", "trainer_plugin.convert:run"),
     Subcommand("eval", "generate turn by turn on a test split: slot F1, BLEU-4, ROUGE-L, triples",
                "trainer_plugin.evaluate:add_eval_arguments", "trainer_plugin.evaluate:run_eval"),
     Subcommand("predict", "generate the next assistant turn of each conversation",
@@ -93,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="ChatGLM3 fine-tuning on dataprep output: one subcommand per step.",
         epilog="Run 'dataprep-train COMMAND --help' for the options of a command.",
     )
+    from trainer_plugin import __version__
+
+    parser.add_argument("--version", action="version", version=f"dataprep-train {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for cmd in SUBCOMMANDS:
@@ -114,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     # DataError, EncodingError and TokenizerError are ValueErrors: catching the base class keeps
     # the heavy modules (datasets) out of --help.
-    except (UsageError, FileNotFoundError, ValueError) as e:
+    except (UsageError, FileNotFoundError, FileExistsError, ValueError) as e:
         if os.environ.get("DATAPREP_TRAIN_TRACEBACK"):
             raise
         print(f"dataprep-train: error: {_one_line(e)}", file=sys.stderr)
@@ -220,14 +227,21 @@ def add_tokenize_arguments(p: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=1,
         metavar="N",
-        help="worker processes for datasets.map (default: 1)",
+        help="worker processes for datasets.map (default: 1, the fastest on a few cores: "
+        "one process encodes in batches)",
     )
     p.add_argument(
         "--show",
         type=_non_negative_int,
         default=0,
         metavar="K",
-        help="print the first K samples as token / id / label columns",
+        help="print the first K samples as token / id / label columns (long masked runs, "
+        "such as the tool schema, as one line each)",
+    )
+    p.add_argument(
+        "--show-all",
+        action="store_true",
+        help="with --show: print every token, masked runs included",
     )
     p.add_argument(
         "--trust-remote-code",
@@ -270,31 +284,55 @@ def run_tokenize(args: argparse.Namespace) -> int:
 
     shown = 0
     with args.output.open("w", encoding="utf-8") as out:
-        for row in encoded:
-            if row["reason"] in ("", "cut_at_message_boundary"):
-                record: dict[str, Any] = {"input_ids": row["input_ids"], "labels": row["labels"]}
-                if row["reason"]:
-                    record["cut"] = row["reason"]
-            else:
-                record = {
-                    "dropped": row["reason"],
-                    "line": row["line"],
-                    "n_tokens": row["n_tokens"],
-                }
-                if row["error"]:
-                    record["error"] = row["error"]
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        for row, line in _token_lines(encoded):
+            out.write(line)
             if shown < args.show:
                 shown += 1
-                note = ", cut at a message boundary" if "cut" in record else ""
+                cut = row["reason"] == "cut_at_message_boundary"
+                note = ", cut at a message boundary" if cut else ""
                 print(f"== sample {shown} (input line {row['line']}{note}) ==")
-                if "dropped" in record:
-                    print(f"dropped: {record['dropped']} {record.get('error', '')}".rstrip())
+                if row["reason"] not in ("", "cut_at_message_boundary"):
+                    print(f"dropped: {row['reason']} {row['error']}".rstrip())
                 else:
-                    render_token_table(tok, record["input_ids"], record["labels"], sys.stdout)
+                    ids = encoded[row["index"]]
+                    render_token_table(tok, ids["input_ids"], ids["labels"], sys.stdout,
+                                       show_all=args.show_all)
     print(format_stats(stats), file=sys.stderr)
     print(f"wrote {len(encoded)} lines to {args.output}", file=sys.stderr)
     return 0
+
+
+def _token_lines(encoded: Any) -> Iterator[tuple[dict[str, Any], str]]:
+    """(row fields, output line) per encoded row: ``{"input_ids", "labels"[, "cut"]}`` for a kept
+    sample, ``{"dropped", "line", "n_tokens"[, "error"]}`` for a dropped one.
+
+    The token lists are turned into text by Arrow (cast to strings, joined with ", "), which
+    writes exactly what ``json.dumps`` writes for a list of ints, several times faster than
+    making Python lists of them: writing the file had become slower than encoding it.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    index = 0
+    for batch in encoded.with_format("arrow").iter(batch_size=1000):
+        as_text = {
+            name: pc.binary_join(pc.cast(batch[name], pa.list_(pa.string())), ", ").to_pylist()
+            for name in ("input_ids", "labels")
+        }
+        small = batch.select(["line", "n_tokens", "reason", "error"]).to_pylist()
+        for row, ids, labels in zip(small, as_text["input_ids"], as_text["labels"], strict=True):
+            row["index"] = index
+            index += 1
+            reason = row["reason"]
+            if reason in ("", "cut_at_message_boundary"):
+                cut = f', "cut": {json.dumps(reason)}' if reason else ""
+                line = f'{{"input_ids": [{ids}], "labels": [{labels}]{cut}}}\n'
+            else:
+                record = {"dropped": reason, "line": row["line"], "n_tokens": row["n_tokens"]}
+                if row["error"]:
+                    record["error"] = row["error"]
+                line = json.dumps(record, ensure_ascii=False) + "\n"
+            yield row, line
 
 
 @contextmanager
@@ -309,20 +347,102 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
         (datasets.enable_progress_bars if was_enabled else datasets.disable_progress_bars)()
 
 
+#: A run of masked tokens longer than this, inside one message, is shown as one line.
+COLLAPSE_OVER = 10
+#: Widest token column, in terminal cells.
+TOKEN_COLUMN = 24
+_ROLES = ("system", "user", "assistant", "observation")
+
+
 def render_token_table(
-    tok: Any, input_ids: Sequence[int], labels: Sequence[int], out: TextIO
+    tok: Any, input_ids: Sequence[int], labels: Sequence[int], out: TextIO,
+    show_all: bool = False,
 ) -> None:
     """Aligned ``index  token  id  label`` columns; trained rows are marked with ``*``.
 
     The token column is the piece's decoded text in Python repr, like the official
-    ``sanity_check`` print-out, so "▁" and "\\n" stay visible.
+    ``sanity_check`` print-out, so "▁" and "\\n" stay visible. Columns are padded by terminal
+    cells, so Chinese (two cells a character) stays aligned. Unless ``show_all``, a run of more
+    than :data:`COLLAPSE_OVER` masked tokens inside one message (the tool schema, a user message,
+    an observation) is one line: ``… 757 masked tokens (tool schema), rows 2-758: '…'``.
     """
     texts = [repr(tok.decode([i])) for i in input_ids]
-    width = min(max((len(t) for t in texts), default=5), 24)
-    print(f"{'#':>5}  {'token':<{width}}  {'id':>6}  {'label':>6}", file=out)
-    for k, (text, i, lab) in enumerate(zip(texts, input_ids, labels, strict=True)):
+    plan = _table_plan(tok, input_ids, labels, collapse=not show_all)
+    shown = [texts[k] for k in plan if isinstance(k, int)]
+    width = min(max((_cells(t) for t in shown), default=5), TOKEN_COLUMN)
+    print(f"{'#':>5}  {_pad('token', width)}  {'id':>6}  {'label':>6}", file=out)
+    for item in plan:
+        if isinstance(item, tuple):
+            start, end, what = item
+            preview = _fit(repr(tok.decode(list(input_ids[start:min(end, start + 40)]))), 40)
+            print(f"{'…':>5}  {end - start} masked tokens ({what}), rows {start}-{end - 1}: "
+                  f"{preview}", file=out)
+            continue
+        lab = labels[item]
         mark = "*" if lab != -100 else " "
-        print(f"{k:>5}  {text:<{width}}  {i:>6}  {lab:>6} {mark}", file=out)
+        print(f"{item:>5}  {_pad(_fit(texts[item], width), width)}  {input_ids[item]:>6}  "
+              f"{lab:>6} {mark}", file=out)
+
+
+def _table_plan(tok: Any, ids: Sequence[int], labels: Sequence[int],
+                collapse: bool) -> list[int | tuple[int, int, str]]:
+    """Row indices to print, with long masked runs replaced by ``(start, end, what)``."""
+    if not collapse:
+        return list(range(len(ids)))
+    from dataprep.tokenizer import TokenizerError
+
+    role_of: dict[int, str] = {}
+    for role in _ROLES:
+        with contextlib.suppress(TokenizerError):  # a tokenizer without that role token
+            role_of[tok.token_id(f"<|{role}|>")] = role
+    # Messages start at role tokens: special ids never come from text (content that spells
+    # "<|user|>" is encoded as ordinary pieces), so they mark message boundaries reliably.
+    starts = [k for k, i in enumerate(ids) if i in role_of]
+    bounds = list(zip([0, *starts], [*starts, len(ids)], strict=True))
+    plan: list[int | tuple[int, int, str]] = []
+    for start, end in bounds:
+        k = start
+        while k < end:
+            if labels[k] != -100:
+                plan.append(k)
+                k += 1
+                continue
+            run_end = k
+            while run_end < end and labels[run_end] == -100:
+                run_end += 1
+            if run_end - k > COLLAPSE_OVER:
+                plan.append((k, run_end, _what(tok, ids, start, role_of.get(ids[start]))))
+            else:
+                plan.extend(range(k, run_end))
+            k = run_end
+    return plan
+
+
+def _what(tok: Any, ids: Sequence[int], start: int, role: str | None) -> str:
+    if role == "system":
+        head = tok.decode(list(ids[start + 1 : start + 12]))
+        return "tool schema" if "Answer the following questions" in head else "system prompt"
+    return {"user": "user message", "observation": "observation",
+            "assistant": "assistant message, not trained"}.get(role or "", "prefix")
+
+
+def _cells(text: str) -> int:
+    """Terminal cells of ``text``: wide and full-width characters (CJK) take two, combining
+    marks none. (wcwidth would also know emoji sequences; it is not a dependency.)"""
+    return sum(0 if unicodedata.combining(c) else
+               2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
+
+
+def _fit(text: str, width: int) -> str:
+    if _cells(text) <= width:
+        return text
+    while _cells(text) > width - 1:
+        text = text[:-1]
+    return text + "…"
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - _cells(text))
 
 
 if __name__ == "__main__":

@@ -15,22 +15,24 @@ encoding.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow as pa
+from datasets.fingerprint import generate_random_fingerprint
 
 from dataprep.tokenizer import Tokenizer
+from trainer_plugin.batch_encoding import BatchEncoder, fitted_columns
 from trainer_plugin.encoding import (
     COMPAT_MODES,
     IGNORE_INDEX,
     EncodingError,
-    encode_conversation,
-    fit_length,
     summarize_lengths,
 )
 
@@ -38,7 +40,7 @@ __all__ = ["DataError", "PadCollator", "build_dataset", "encode_dataset", "load_
 
 
 # Explicit types: a writer batch of dropped rows alone would otherwise infer list<null> for the ids.
-# The key order is the row order written by _encode_batch.
+# The key order is the column order written by _encode_batch.
 ENCODED_FEATURES = datasets.Features(
     {
         "line": datasets.Value("int64"),
@@ -63,7 +65,8 @@ def _read_lines(path: str | Path) -> list[tuple[int, str]]:
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
     with path.open(encoding="utf-8") as f:
-        return [(n, line.rstrip("\n")) for n, line in enumerate(f, 1) if line.strip()]
+        # (isspace: the same test as strip() for a line read from a file, without copying it)
+        return [(n, line.rstrip("\n")) for n, line in enumerate(f, 1) if not line.isspace()]
 
 
 def _parse(text: str) -> dict[str, Any]:
@@ -103,97 +106,29 @@ def _rows_from(path_or_samples: str | Path | Iterable[Mapping[str, Any]]) -> tup
     return "<samples>", list(range(1, len(texts) + 1)), texts
 
 
-class _Recorder:
-    """A tokenizer stand-in that only notes which strings would be encoded."""
-
-    def __init__(self, tok: Tokenizer) -> None:
-        self._tok = tok
-        self.texts: dict[str, None] = {}
-
-    def encode(self, text: str) -> list[int]:
-        self.texts[text] = None
-        return []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tok, name)
-
-
-class _EncodedTable:
-    """A tokenizer view whose ``encode`` looks strings up in a table filled by one batched call.
-
-    Why: per sample, the official layout encodes the same ~430-token tool prompt and the same
-    metadata lines ("\n", "search_hotels\n") again and again, one Python->C++ call per string.
-    Encoding each distinct string of a batch once, in SentencePiece's multithreaded batch call, is
-    what makes this path faster than a plain loop; the ids are the same by construction because
-    the same ``encode_conversation`` assembles them.
-    """
-
-    def __init__(self, tok: Tokenizer, texts: Sequence[str]) -> None:
-        self._tok = tok
-        batch = getattr(tok, "encode_batch", None)
-        encoded = batch(texts) if batch is not None else [tok.encode(t) for t in texts]
-        self._ids = dict(zip(texts, encoded, strict=True))
-
-    def encode(self, text: str) -> list[int]:
-        ids = self._ids.get(text)
-        return list(ids) if ids is not None else self._tok.encode(text)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tok, name)
-
-
-def _batch_view(samples: Sequence[Any], tok: Tokenizer, compat: str,
-                decode_tools: bool) -> Tokenizer:
-    recorder = _Recorder(tok)
-    for sample in samples:
-        if sample is None:
-            continue
-        with contextlib.suppress(EncodingError):
-            encode_conversation(sample, recorder, compat, decode_tools)  # type: ignore[arg-type]
-    return _EncodedTable(tok, list(recorder.texts))  # type: ignore[return-value]
-
-
 def _encode_batch(
-    batch: dict[str, list],
-    tok: Tokenizer,
-    max_length: int | None,
-    truncation: str,
-    compat: str,
-    decode_tools: bool,
-) -> dict[str, list]:
-    # Runs in the datasets.map workers. JSON is parsed here, in parallel, and a bad sample is
-    # recorded (reason "invalid_sample" + its error) instead of raised, so that it is reported
-    # with its line number rather than killing a worker.
-    out: dict[str, list] = {k: [] for k in ENCODED_FEATURES if k != "line"}
+    batch: dict[str, list], encoder: BatchEncoder, max_length: int | None, truncation: str
+) -> pa.Table:
+    # Runs in the datasets.map workers (or directly, see encode_dataset). JSON is parsed here, and
+    # a bad sample is recorded (reason "invalid_sample" + its error) instead of raised, so that it
+    # is reported with its line number rather than killing a worker.
     parsed: list[Any] = []
-    for text in batch["text"]:
-        try:
-            parsed.append(_parse(text))
-        except EncodingError as e:
-            parsed.append(e)
-    view = _batch_view([p if not isinstance(p, EncodingError) else None for p in parsed], tok,
-                       compat, decode_tools)
-    for sample in parsed:
-        try:
-            if isinstance(sample, EncodingError):
-                raise sample
-            enc = encode_conversation(sample, view, compat, decode_tools)  # type: ignore[arg-type]
-        except EncodingError as e:
-            row = ([], [], 0, 0, False, "invalid_sample", str(e))
-        else:
-            fitted, reason = fit_length(enc, max_length, truncation)  # type: ignore[arg-type]
-            # Would a cut keep a trained token? The length summary reports it for either strategy.
-            cut_fits = reason == "cut_at_message_boundary" or (
-                truncation == "drop"
-                and reason == "too_long"
-                and fit_length(enc, max_length, "cut")[0] is not None
-            )
-            ids, labels = (fitted.input_ids, fitted.labels) if fitted else ([], [])
-            trained = fitted.num_trained if fitted else 0
-            row = (ids, labels, len(enc), trained, cut_fits, reason or "", "")
-        for key, value in zip(out, row, strict=True):
-            out[key].append(value)
-    return out
+    with _gc_paused():
+        for text in batch["text"]:
+            try:
+                parsed.append(_parse(text))
+            except EncodingError as e:
+                parsed.append(e)
+        columns = fitted_columns(encoder.encode(parsed), max_length, truncation)
+    return pa.Table.from_arrays(
+        [pa.array(batch["line"], type=pa.int64()), *columns.values()],
+        schema=ENCODED_FEATURES.arrow_schema,
+    )
+
+
+# Samples per encoder call: large enough that SentencePiece's batch call and the numpy assembly
+# dominate, small enough that one batch of long samples stays a few tens of MB.
+BATCH_SIZE = 1000
 
 
 def encode_dataset(
@@ -228,6 +163,27 @@ def encode_dataset(
     if num_proc < 1:
         raise ValueError(f"num_proc must be at least 1, got {num_proc}")
     source, line_numbers, texts = _rows_from(path_or_samples)
+    encoder = BatchEncoder(tok, compat, decode_tools)  # type: ignore[arg-type]
+    if num_proc == 1 and not use_cache:
+        # The fastest setting, and the CLI's default: no map machinery (a writer per batch), one
+        # encoder whose cache of recurring strings spans the whole file.
+        tables = [
+            _encode_batch(
+                {"line": line_numbers[i : i + BATCH_SIZE], "text": texts[i : i + BATCH_SIZE]},
+                encoder,
+                max_length,
+                truncation,
+            )
+            for i in range(0, len(texts), BATCH_SIZE)
+        ]
+        table = pa.concat_tables(tables) if tables else ENCODED_FEATURES.arrow_schema.empty_table()
+        # An explicit fingerprint: by default datasets hashes the whole table to make one, which
+        # took longer than a third of the encoding. Nothing is cached on this path.
+        return datasets.Dataset(
+            table,
+            info=datasets.DatasetInfo(features=ENCODED_FEATURES),
+            fingerprint=generate_random_fingerprint(),
+        )
     columns = {"line": line_numbers, "text": texts}
     raw_features = datasets.Features(
         {"line": datasets.Value("int64"), "text": datasets.Value("string")}
@@ -252,20 +208,28 @@ def encode_dataset(
     return raw.map(
         _encode_batch,
         batched=True,
-        batch_size=64,
-        fn_kwargs={
-            "tok": tok,
-            "max_length": max_length,
-            "truncation": truncation,
-            "compat": compat,
-            "decode_tools": decode_tools,
-        },
+        batch_size=BATCH_SIZE,
+        fn_kwargs={"encoder": encoder, "max_length": max_length, "truncation": truncation},
         remove_columns=["text"],
         features=ENCODED_FEATURES,
         num_proc=num_proc if num_proc > 1 and len(raw) >= num_proc else None,
         load_from_cache_file=use_cache,
         desc=f"tokenizing {Path(source).name}",
     )
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    # Parsing a batch creates hundreds of thousands of dicts and lists, which trigger Python's
+    # cyclic collector again and again, each time rescanning every object still alive; that
+    # doubled the cost of json.loads. Nothing built here holds a reference cycle.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _generate_rows(columns: dict[str, list]) -> Iterable[dict[str, Any]]:
@@ -277,7 +241,10 @@ def dataset_stats(
     encoded: datasets.Dataset, max_length: int | None, source: str = ""
 ) -> dict[str, Any]:
     """Counts and length summary of an :func:`encode_dataset` result (see :func:`build_dataset`)."""
-    cols = encoded.to_dict() if len(encoded) else {k: [] for k in ENCODED_FEATURES}
+    # Everything but the token columns: turning those into Python lists would cost more than
+    # encoding them did.
+    names = [k for k in ENCODED_FEATURES if k not in ("input_ids", "labels")]
+    cols = encoded.select_columns(names).to_dict() if len(encoded) else {k: [] for k in names}
     reasons = Counter(cols["reason"])
     dropped = {r: c for r, c in sorted(reasons.items()) if r and r != "cut_at_message_boundary"}
     # Invalid samples have no length; the summary describes the samples that could be encoded.
@@ -357,7 +324,7 @@ def format_stats(stats: Mapping[str, Any]) -> str:
 
     ls = dict(stats["lengths"])
     ls.pop("cut_would_drop", None)
-    lines = [LengthSummary(**ls).format()]
+    lines = LengthSummary(**ls).lines()
     dropped = ", ".join(f"{r} {c}" for r, c in stats["dropped"].items()) or "none"
     lines.append(
         f"samples {stats['samples']}: kept {stats['kept']} (cut at a message boundary "

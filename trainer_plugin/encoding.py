@@ -32,7 +32,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from dataprep.tokenizer import Tokenizer
 
@@ -45,7 +45,9 @@ __all__ = [
     "Encoded",
     "EncodingError",
     "LengthSummary",
+    "Piece",
     "Span",
+    "conversation_pieces",
     "decode_double_encoded_tools",
     "encode_conversation",
     "fit_length",
@@ -249,12 +251,112 @@ def tool_system_prompt(tools: Any) -> str:
     # json.dumps with indent runs Python's pure-Python encoder and was the largest single cost of
     # encoding a hotel sample; every sample of a corpus carries the same tools, so the rendering is
     # memoised on the compact (C-encoded, order-preserving) JSON text.
-    return _tool_system_prompt(json.dumps(tools, ensure_ascii=False))
+    return _tool_system_prompt(_COMPACT_JSON.encode(tools))
+
+
+# json.dumps(x, ensure_ascii=False), without building a new encoder on every call (json.dumps
+# only reuses its default encoder when every option is left at its default).
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False)
 
 
 @functools.lru_cache(maxsize=256)
 def _tool_system_prompt(compact: str) -> str:
     return TOOL_PROMPT + json.dumps(json.loads(compact), indent=4, ensure_ascii=False)
+
+
+@functools.lru_cache(maxsize=256)
+def _double_encoded_tool_prompt(text: str) -> str:
+    return tool_system_prompt(decode_double_encoded_tools([text]))
+
+
+class Piece(NamedTuple):
+    """One rendered message before tokenization: ``<|role|> enc(metadata + "\\n") enc(text)``.
+
+    ``index`` is the message's position in ``conversations`` (``None`` for the tool system
+    prompt); a ``tool`` message gives two pieces with the same index (call, then observation).
+    """
+
+    index: int | None
+    role: str
+    metadata: str
+    text: str
+    trained: bool
+
+
+def conversation_pieces(
+    sample: Mapping[str, Any], compat: Compat = "default", decode_tools: bool = True
+) -> list[Piece]:
+    """The messages of ``sample`` as :class:`Piece` s, checked and rendered, not yet tokenized.
+
+    This is everything :func:`encode_conversation` decides (which messages, which text, which
+    are trained); only the SentencePiece calls are left. The batch encoder
+    (:mod:`trainer_plugin.batch_encoding`) shares it, so both agree by construction.
+
+    >>> [p.role for p in conversation_pieces({"tools": [], "conversations": [
+    ...     {"role": "user", "content": "hi"}]})]
+    ['system', 'user']
+    """
+    if compat not in COMPAT_MODES:
+        raise ValueError(f"unknown compat mode {compat!r}; use one of: {', '.join(COMPAT_MODES)}")
+    if not isinstance(sample, Mapping):
+        raise EncodingError(f"a sample must be a JSON object, got {type(sample).__name__}")
+    conversations = sample.get("conversations")
+    if not isinstance(conversations, list):
+        keys = ", ".join(sorted(map(str, sample))) or "none"
+        raise EncodingError(
+            f'"conversations" must be a list of messages, got {type(conversations).__name__} '
+            f"(keys present: {keys})"
+        )
+
+    pieces: list[Piece] = []
+    if "tools" in sample and not (compat == "default" and sample["tools"] is None):
+        tools = sample["tools"]
+        if decode_tools and isinstance(tools, list) and len(tools) == 1 and isinstance(
+            tools[0], str
+        ):
+            # The lab's double-encoded form: decoding and re-rendering the same string for every
+            # sample cost more than the rest of the sample's rendering, so it is memoised.
+            prompt = _double_encoded_tool_prompt(tools[0])
+        else:
+            prompt = tool_system_prompt(decode_double_encoded_tools(tools) if decode_tools else tools)
+        pieces.append(Piece(None, "system", "", prompt, False))
+
+    for i, m in enumerate(conversations):
+        # (type(...) is dict first: the abstract Mapping check is slow, and this loop is hot.)
+        if type(m) is not dict and not isinstance(m, Mapping):
+            raise EncodingError(
+                f"conversations[{i}]: a message must be an object, got {type(m).__name__}"
+            )
+        role = m.get("role")
+        if role not in ROLES:
+            raise EncodingError(
+                f"conversations[{i}]: unknown role {role!r}; expected one of: {', '.join(ROLES)}"
+            )
+        trained = bool(m.get("loss", True)) and role not in ("system", "user")
+        if role == "observation" and compat == "default":
+            trained = False
+        if role == "tool":
+            name, params = m.get("name"), m.get("parameters")
+            if not isinstance(name, str) or not name:
+                raise EncodingError(f'conversations[{i}]: a tool message needs a "name" string')
+            if type(params) is not dict and not isinstance(params, Mapping):
+                raise EncodingError(
+                    f'conversations[{i}]: "parameters" of tool {name!r} must be an object, '
+                    f"got {type(params).__name__}"
+                )
+            pieces.append(Piece(i, "assistant", name, render_tool_call_body(params), trained))
+            obs = m.get("observation")
+            obs_text = obs if isinstance(obs, str) else _COMPACT_JSON.encode(obs)
+            pieces.append(Piece(i, "observation", "", obs_text, False))
+        else:
+            content = m.get("content")
+            if not isinstance(content, str):
+                raise EncodingError(
+                    f'conversations[{i}]: "content" of a {role} message must be a string, '
+                    f"got {type(content).__name__}"
+                )
+            pieces.append(Piece(i, role, "", content, trained))
+    return pieces
 
 
 def encode_conversation(
@@ -278,74 +380,24 @@ def encode_conversation(
     Raises :class:`EncodingError` (with the message index) for an unknown role or a malformed
     message; the official code crashed with an ``AssertionError`` on unknown roles.
 
+    This is the plain per-sample reference; :class:`trainer_plugin.batch_encoding.BatchEncoder`
+    gives the same output for many samples at once, several times faster.
+
     >>> s = {"conversations": [{"role": "user", "content": "你好"},
     ...                        {"role": "assistant", "content": "你好！"}]}
     >>> e = encode_conversation(s, tok)  # doctest: +SKIP
     >>> [e.labels[i] != -100 for i in range(len(e))][-5:]  # doctest: +SKIP
     [False, True, True, True, True]
     """
-    if compat not in COMPAT_MODES:
-        raise ValueError(f"unknown compat mode {compat!r}; use one of: {', '.join(COMPAT_MODES)}")
-    if not isinstance(sample, Mapping):
-        raise EncodingError(f"a sample must be a JSON object, got {type(sample).__name__}")
-    conversations = sample.get("conversations")
-    if not isinstance(conversations, list):
-        keys = ", ".join(sorted(map(str, sample))) or "none"
-        raise EncodingError(
-            f'"conversations" must be a list of messages, got {type(conversations).__name__} '
-            f"(keys present: {keys})"
-        )
-
+    pieces = conversation_pieces(sample, compat, decode_tools)
     ids: list[int] = prefix_ids(tok)
     mask: list[int] = [0, 0]
     spans: list[Span] = []
-
-    def add(index: int | None, role: str, metadata: str, text: str, trained: bool) -> None:
+    for p in pieces:
         start = len(ids)
-        ids.extend(message_ids(tok, role, metadata, text))
-        mask.extend([int(trained)] * (len(ids) - start))
-        spans.append(Span(index, role, start, len(ids), trained))
-
-    if "tools" in sample and not (compat == "default" and sample["tools"] is None):
-        tools = sample["tools"]
-        if decode_tools:
-            tools = decode_double_encoded_tools(tools)
-        add(None, "system", "", tool_system_prompt(tools), False)
-
-    for i, m in enumerate(conversations):
-        where = f"conversations[{i}]"
-        if not isinstance(m, Mapping):
-            raise EncodingError(f"{where}: a message must be an object, got {type(m).__name__}")
-        role = m.get("role")
-        if role not in ROLES:
-            raise EncodingError(
-                f"{where}: unknown role {role!r}; expected one of: {', '.join(ROLES)}"
-            )
-        trained = bool(m.get("loss", True)) and role not in ("system", "user")
-        if role == "observation" and compat == "default":
-            trained = False
-        if role == "tool":
-            name, params = m.get("name"), m.get("parameters")
-            if not isinstance(name, str) or not name:
-                raise EncodingError(f'{where}: a tool message needs a "name" string')
-            if not isinstance(params, Mapping):
-                raise EncodingError(
-                    f'{where}: "parameters" of tool {name!r} must be an object, '
-                    f"got {type(params).__name__}"
-                )
-            add(i, "assistant", name, render_tool_call_body(params), trained)
-            obs = m.get("observation")
-            obs_text = obs if isinstance(obs, str) else json.dumps(obs, ensure_ascii=False)
-            add(i, "observation", "", obs_text, False)
-        else:
-            content = m.get("content")
-            if not isinstance(content, str):
-                raise EncodingError(
-                    f'{where}: "content" of a {role} message must be a string, '
-                    f"got {type(content).__name__}"
-                )
-            add(i, role, "", content, trained)
-
+        ids.extend(message_ids(tok, p.role, p.metadata, p.text))
+        mask.extend([int(p.trained)] * (len(ids) - start))
+        spans.append(Span(p.index, p.role, start, len(ids), p.trained))
     ids.append(tok.eos_id)
     mask.append(0)
     return Encoded(ids, _shifted_labels(ids, mask), mask, tuple(spans))
@@ -442,8 +494,32 @@ class LengthSummary:
         d["cut_would_drop"] = self.cut_would_drop
         return d
 
+    def lines(self) -> list[str]:
+        """The summary for a human, as the train and tokenize commands print it: the lengths,
+        then what each truncation mode would do on a line of its own.
+
+        >>> print("\\n".join(LengthSummary(3, 10, 20.0, 29.0, 30, 25, 1, 1).lines()))
+        tokens per sample (3 samples): min 10, median 20, p95 29, max 30; 1 over max_length 25
+          --truncation cut:  1 kept (cut at a message boundary), 0 dropped
+          --truncation drop: 1 dropped
+        """
+        if self.count == 0:
+            return ["tokens per sample: no samples"]
+        first = (
+            f"tokens per sample ({self.count} samples): min {self.min}, "
+            f"median {self.median:g}, p95 {self.p95:g}, max {self.max}"
+        )
+        if self.max_length is None:
+            return [first]
+        return [
+            f"{first}; {self.over_max_length} over max_length {self.max_length}",
+            f"  --truncation cut:  {self.cut_would_keep} kept (cut at a message boundary), "
+            f"{self.cut_would_drop} dropped",
+            f"  --truncation drop: {self.over_max_length} dropped",
+        ]
+
     def format(self) -> str:
-        """One human line, printed by the train and tokenize commands before they work.
+        """The same on one line (for logs and metadata).
 
         >>> print(LengthSummary(3, 10, 20.0, 29.0, 30, 25, 1, 1).format())
         tokens per sample (3 samples): min 10, median 20, p95 29, max 30; 1 over max_length 25 \

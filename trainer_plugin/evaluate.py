@@ -28,6 +28,7 @@ from trainer_plugin.modeling import (
     QuantConfig,
     default_device_map,
     load_causal_lm,
+    output_rows,
 )
 
 #: Takes prompts (token ids), returns the generated ids of each (stop token included or not).
@@ -154,7 +155,7 @@ def hf_generate_fn(model: Any, tok: Any, max_new_tokens: int = 256, batch_size: 
     import torch
 
     stops = stop_ids(tok)
-    rows = model.get_output_embeddings().weight.shape[0]
+    rows = output_rows(model)
     # The embedding is padded past the tokenizer (65,024 rows for 64,798 ChatGLM3 tokens); an id
     # there means nothing, so the model may not pick one.
     suppress = list(range(tok.vocab_size, rows)) or None
@@ -213,9 +214,12 @@ def load_for_generation(model: str | Path, *, base: str | Path | None = None,
         base = info.get("base_model") or adapter_cfg.get("base_model_name_or_path")
         if not base:
             raise ValueError(f"{model}: the adapter does not name its base model; pass --base")
+    from trainer_plugin.lora_layout import native_adapter
+
     loaded = load_causal_lm(base, dtype=dtype, quant=quant, device_map=default_device_map(),
                             trust_remote_code=trust_remote_code)
-    return PeftModel.from_pretrained(loaded, str(model))
+    # An adapter on ChatGLM3's fused query_key_value is converted for the native model first.
+    return PeftModel.from_pretrained(loaded, str(native_adapter(model, base)))
 
 
 @dataclass
@@ -339,9 +343,10 @@ def predict(
 # command line (registered in trainer_plugin.cli)
 
 
-def _add_model_arguments(p: Any) -> None:
-    p.add_argument("--model", required=True, type=Path, metavar="DIR",
-                   help="merged model folder, or adapter folder written by train")
+def _add_model_arguments(p: Any, model_required: bool = True) -> None:
+    p.add_argument("--model", required=model_required, type=Path, metavar="DIR",
+                   help="model folder (native or official ChatGLM3 layout, quantized or not), "
+                        "or a LoRA adapter folder (ours, or a ChatGLM3 query_key_value one)")
     p.add_argument("--tokenizer", type=Path, metavar="PATH",
                    help="tokenizer folder (default: the --model folder, where train and merge "
                         "copy it)")
@@ -361,7 +366,10 @@ def _add_model_arguments(p: Any) -> None:
 
 def add_eval_arguments(p: Any) -> None:
     """Options of ``dataprep-train eval``."""
-    _add_model_arguments(p)
+    from trainer_plugin.lab_protocol import add_lab_arguments
+
+    _add_model_arguments(p, model_required=False)  # --protocol lab --responses needs no model
+    add_lab_arguments(p)
     p.add_argument("--test-file", required=True, type=Path, metavar="TEST.jsonl",
                    help="dataprep test split")
     p.add_argument("--out-dir", required=True, type=Path, metavar="DIR",
@@ -372,7 +380,15 @@ def add_eval_arguments(p: Any) -> None:
 
 
 def run_eval(args: Any) -> int:
-    """``dataprep-train eval``: thin wrapper over :func:`evaluate`."""
+    """``dataprep-train eval``: thin wrapper over :func:`evaluate` (or the lab protocol)."""
+    if args.protocol == "lab":
+        from trainer_plugin.lab_protocol import run_lab_eval
+
+        return run_lab_eval(args)
+    if args.responses is not None:
+        raise ValueError("--responses is for --protocol lab")
+    if args.model is None:
+        raise ValueError("eval: --model is required (or --protocol lab --responses FILE)")
     result = evaluate(args.model, args.tokenizer or args.model, args.test_file, args.out_dir,
                       args.max_new_tokens, args.batch_size, base=args.base, task=args.task,
                       compat=args.compat, limit=args.limit, quantization=args.quantization,

@@ -7,6 +7,11 @@ MergeResult(out=PosixPath('out/merged'), max_abs_diff=0.0123, tolerance=0.31, ..
 to the full-precision ones. Adding it to the original weights gives a model that differs from the
 one that was trained by the whole quantisation error; so each weight that bitsandbytes quantised
 during training is first quantised and dequantised the same way, and the delta added to that.
+
+``layout="chatglm3"`` writes the merged model in the official ChatGLM3 layout (config + safetensors
+with the official names), for the official code, vLLM's ChatGLM support and other tools that expect
+it. ``quantize=4|8`` writes it quantized with bitsandbytes (NF4 / LLM.int8), serialized so that a
+plain ``from_pretrained`` loads it quantized, and measures what quantization did to the logits.
 """
 
 from __future__ import annotations
@@ -37,6 +42,11 @@ MERGE_INFO = "merge_info.json"
 RTOL = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 5e-2}
 
 
+LAYOUTS = ("native", "chatglm3")
+N_QUANT_SAMPLES = 3  # real samples the quantized model's logits are compared on
+QUANT_SAMPLE_TOKENS = 256
+
+
 class MergeVerificationError(RuntimeError):
     """The merged model's logits differ from base+adapter by more than the tolerance."""
 
@@ -52,6 +62,17 @@ class MergeResult:
     tolerance: float | None
     note: str | None = None
     """Something the caller should tell the user (e.g. a 4-bit adapter merged without --from-4bit)."""
+    layout: str = "native"
+    quantized_bits: int | None = None
+    size_bytes: int | None = None
+    """Size on disk of the written model folder."""
+    quant_max_abs_diff: float | None = None
+    """Largest logit difference quantized vs unquantized merge, on ``quant_probe``."""
+    quant_mean_abs_diff: float | None = None
+    quant_argmax_agreement: float | None = None
+    """Share of positions where both pick the same next token."""
+    quant_probe: str | None = None
+    """What the quantized model was compared on (real samples, or random ids when none were found)."""
 
 
 def merge(
@@ -65,8 +86,17 @@ def merge(
     tolerance: float | None = None,
     device: str = "cpu",
     trust_remote_code: bool = False,
+    layout: str = "native",
+    quantize: int | None = None,
+    samples: str | Path | None = None,
 ) -> MergeResult:
     """Write ``base`` + ``adapter`` merged into ``out`` (weights, config, tokenizer files).
+
+    ``base`` may be in the official ChatGLM3 layout and ``adapter`` a fused ``query_key_value``
+    adapter; both are converted to native GLM first. ``layout`` is the layout written (native or
+    chatglm3). ``quantize`` (4 or 8) writes the merged model quantized; its logits are compared
+    with the unquantized merge on the first samples of ``samples`` (dataprep JSONL; default: the
+    data the adapter was trained on).
 
     ``verify`` compares logits of the merged model with base+adapter (for ``from_4bit``: the
     4-bit base as loaded for training + adapter) on fixed token ids and raises
@@ -77,8 +107,20 @@ def merge(
     base, adapter, out = Path(base), Path(adapter), Path(out)
     if not (adapter / ADAPTER_CONFIG).is_file():
         raise FileNotFoundError(f"{adapter}: no {ADAPTER_CONFIG}; pass the folder train wrote")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+    if quantize not in (None, 4, 8):
+        raise ValueError(f"quantize must be 4 or 8, got {quantize}")
+    if quantize is not None and layout != "native":
+        raise ValueError("--quantize writes bitsandbytes weights, which only the native layout "
+                         "can hold (the official code has its own int4/int8 format); drop "
+                         "--layout chatglm3 or --quantize")
     _check_out(out)
     from peft import PeftModel
+
+    from trainer_plugin.lora_layout import native_adapter
+
+    source_adapter, adapter = adapter, native_adapter(adapter, base)
 
     out_dtype = resolve_dtype(dtype)
     quantized, n_round_tripped = None, 0
@@ -118,9 +160,89 @@ def merge(
                    "try --dtype float32, or a larger --tolerance if you accept the difference")
             )
     result = MergeResult(out, dtype_name(out_dtype), from_4bit, n_round_tripped, verify, diff, tol,
-                         note=None if from_4bit else _quantized_training_note(adapter))
-    _write_atomically(merged, out, result, base, adapter, tokenizer)
+                         note=None if from_4bit else _quantized_training_note(adapter),
+                         layout=layout, quantized_bits=quantize)
+
+    def save(folder: Path) -> None:
+        if layout == "chatglm3":
+            _save_chatglm3(merged, folder, base)
+        elif quantize is None:
+            merged.save_pretrained(folder)
+        else:
+            probe, what = _quant_probe(samples, source_adapter, tokenizer, base,
+                                       merged.config.vocab_size, device)
+            _save_quantized(merged, folder, quantize, out_dtype, device, probe, result)
+            result.quant_probe = what
+
+    _write_atomically(save, out, result, base, source_adapter, tokenizer)
     return result
+
+
+def _save_chatglm3(merged: Any, folder: Path, base: Path) -> None:
+    from trainer_plugin.chatglm3_checkpoint import (
+        chatglm3_config_from_glm,
+        copy_companions,
+        native_to_official,
+        write_safetensors,
+    )
+
+    # The dtype the weights are written in, not the one of the model merged into (the official
+    # rotary buffer is computed in it too).
+    merged.config.dtype = next(merged.parameters()).dtype
+    config = chatglm3_config_from_glm(merged.config)
+    write_safetensors(native_to_official(merged.state_dict().items(), merged.config), folder)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+                                        encoding="utf-8")
+    if base.is_dir():
+        # The official model code, tokenizer code and generation config the config.json's auto_map
+        # and the official loaders expect next to the weights.
+        copy_companions(base, folder)
+
+
+def _save_quantized(merged: Any, folder: Path, bits: int, dtype: torch.dtype, device: str,
+                    probe: torch.Tensor, result: MergeResult) -> None:
+    """Quantize through ``from_pretrained`` (what bitsandbytes' serialization expects), save it,
+    and record how far its logits moved from the unquantized merge on ``probe``."""
+    import torch
+
+    plain = folder.parent / f"{folder.name}.unquantized"
+    try:
+        merged.save_pretrained(plain)
+        quant = QuantConfig(bits=bits, compute_dtype=dtype_name(dtype))
+        quantized = load_causal_lm(plain, dtype=dtype, quant=quant, device_map=device)
+        before, after = _logits(merged, probe), _logits(quantized, probe)
+        quantized.save_pretrained(folder)
+    finally:
+        shutil.rmtree(plain, ignore_errors=True)
+    delta = (after - before).abs()
+    result.quant_max_abs_diff = float(delta.max())
+    result.quant_mean_abs_diff = float(delta.mean())
+    result.quant_argmax_agreement = float(
+        (after.argmax(-1) == before.argmax(-1)).to(torch.float32).mean())
+
+
+def _quant_probe(samples: str | Path | None, adapter: Path, tokenizer: str | Path | None,
+                 base: Path, vocab_size: int, device: str) -> tuple[torch.Tensor, str]:
+    """Token ids of a few real samples (``samples``, else the adapter's training data), else
+    random ids; and a description of which it is."""
+    import torch
+
+    from dataprep.tokenizer import load_tokenizer
+    from trainer_plugin.data import load_samples
+    from trainer_plugin.encoding import encode_conversation
+
+    if samples is None and (adapter / TRAIN_INFO).is_file():
+        data = json.loads((adapter / TRAIN_INFO).read_text(encoding="utf-8")).get("data")
+        samples = data if data and Path(data).is_file() else None
+    tok_dir = _tokenizer_source(Path(tokenizer) if tokenizer else None, adapter, base)
+    if samples is None or tok_dir is None:
+        return _probe_ids(vocab_size, device), "random token ids (no samples or tokenizer found)"
+    tok = load_tokenizer(tok_dir)
+    rows = [encode_conversation(s, tok).input_ids[:QUANT_SAMPLE_TOKENS]
+            for s in load_samples(samples)[:N_QUANT_SAMPLES]]
+    width = min(len(r) for r in rows)  # equal lengths: no padding to mask
+    ids = torch.tensor([r[:width] for r in rows], device=device)
+    return ids, f"{len(rows)} samples of {samples} ({width} tokens each)"
 
 
 def _quantized_training_note(adapter: Path) -> str | None:
@@ -221,7 +343,7 @@ def _tokenizer_source(*candidates: Path | None) -> Path | None:
     return None
 
 
-def _write_atomically(merged: Any, out: Path, result: MergeResult, base: Path, adapter: Path,
+def _write_atomically(save: Any, out: Path, result: MergeResult, base: Path, adapter: Path,
                       tokenizer: str | Path | None) -> None:
     # Write beside the target, then swap with renames: a crash leaves either the old merge or
     # the new one at ``out``, never a half-written folder. Leftovers of killed runs are removed.
@@ -230,13 +352,15 @@ def _write_atomically(merged: Any, out: Path, result: MergeResult, base: Path, a
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
-        merged.save_pretrained(tmp)
+        tmp.mkdir()
+        save(tmp)
         src = _tokenizer_source(Path(tokenizer) if tokenizer else None, adapter, base)
         if src is not None:
             for pattern in TOKENIZER_FILE_PATTERNS:
                 for f in src.glob(pattern):
                     if f.is_file():
                         shutil.copy2(f, tmp / f.name)
+        result.size_bytes = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
         info = {**asdict(result), "out": str(out), "base": str(base), "adapter": str(adapter),
                 "tokenizer_from": str(src) if src else None}
         (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
@@ -255,7 +379,8 @@ def _write_atomically(merged: Any, out: Path, result: MergeResult, base: Path, a
 
 def add_arguments(p: Any) -> None:
     """Options of ``dataprep-train merge``."""
-    p.add_argument("--base", required=True, type=Path, metavar="PATH", help="base model folder")
+    p.add_argument("--base", required=True, type=Path, metavar="PATH",
+                   help="base model folder (native, or the official ChatGLM3 layout: converted on load)")
     p.add_argument("--adapter", required=True, type=Path, metavar="DIR",
                    help="LoRA adapter folder written by train")
     p.add_argument("--out", required=True, type=Path, metavar="DIR",
@@ -272,19 +397,43 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--tokenizer", type=Path, metavar="PATH",
                    help="copy tokenizer files from here (default: the adapter, else the base)")
     p.add_argument("--device", default="cpu", help="where to merge (default: cpu)")
+    p.add_argument("--layout", choices=LAYOUTS, default="native",
+                   help="native: transformers' GlmForCausalLM; chatglm3: the official ChatGLM3 "
+                        "layout (config + safetensors with the official names) (default: native)")
+    p.add_argument("--quantize", type=int, choices=(4, 8), metavar="4|8",
+                   help="write the merged model quantized with bitsandbytes (4: NF4, 8: LLM.int8); "
+                        "it reloads quantized with plain from_pretrained")
+    p.add_argument("--samples", type=Path, metavar="FILE.jsonl",
+                   help="real samples to compare quantized and unquantized logits on "
+                        "(default: the adapter's training data)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow the base model folder to run its own Python code")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n} B"
 
 
 def run(args: Any) -> int:
     """``dataprep-train merge``: thin wrapper over :func:`merge`."""
     result = merge(args.base, args.adapter, args.out, dtype=args.dtype, from_4bit=args.from_4bit,
                    verify=not args.no_verify, tokenizer=args.tokenizer, tolerance=args.tolerance,
-                   device=args.device, trust_remote_code=args.trust_remote_code)
+                   device=args.device, trust_remote_code=args.trust_remote_code,
+                   layout=args.layout, quantize=args.quantize, samples=args.samples)
     check = (f"max logit difference {result.max_abs_diff:.3g} <= {result.tolerance:.3g}"
              if result.verified else "not verified")
     extra = f", {result.layers_round_tripped} layers NF4 round-tripped" if result.from_4bit else ""
-    print(f"merged model written to {result.out} ({result.dtype}{extra}); {check}")
+    kind = f"{result.layout} layout" + (f", {result.quantized_bits}-bit" if result.quantized_bits else "")
+    print(f"merged model written to {result.out} ({kind}, {result.dtype}{extra}, "
+          f"{_size(result.size_bytes or 0)} on disk); {check}")
+    if result.quantized_bits:
+        print(f"quantized vs unquantized merge on {result.quant_probe}: max logit difference "
+              f"{result.quant_max_abs_diff:.3g}, mean {result.quant_mean_abs_diff:.3g}, same next "
+              f"token at {100 * result.quant_argmax_agreement:.1f}% of positions")
     if result.note:
         print(f"note: {result.note}")
     return 0

@@ -49,6 +49,52 @@ TOKENIZER_FILE_PATTERNS = (
 )
 
 
+# bitsandbytes' CPU messages, said once in words a user can act on. On CPUs with AVX512-BF16 its
+# import tries to fetch an optional faster 4-bit kernel from the Hugging Face hub (the `kernels`
+# package) and logs the failure with its exception on every run; LLM.int8 on the CPU logs a cast
+# to float16 for every matmul.
+BNB_MESSAGES = {
+    "bitsandbytes.backends.cpu.ops": (
+        "Failed to load CPU gemm_4bit_forward",
+        "bitsandbytes: no optional fast CPU 4-bit kernel (it needs the `kernels` package and a "
+        "download); using bitsandbytes' own CPU kernels, same results, slower",
+    ),
+    "bitsandbytes.autograd._functions": (
+        "MatMul8bitLt: inputs will be cast",
+        "bitsandbytes: int8 layers quantize their float32 inputs through float16 (LLM.int8), "
+        "so outputs differ slightly from float32",
+    ),
+}
+
+
+class _OnceInWords:
+    """A logging filter: the first matching record is rewritten into one plain line, the rest
+    are dropped; any other record passes unchanged."""
+
+    def __init__(self, starts: str, line: str) -> None:
+        self.starts, self.line, self.seen = starts, line, False
+
+    def filter(self, record: Any) -> bool:
+        if not str(record.msg).startswith(self.starts):
+            return True
+        if self.seen:
+            return False
+        self.seen = True
+        record.msg, record.args = self.line, ()
+        return True
+
+
+def quiet_bitsandbytes() -> None:
+    """Install the filters of :data:`BNB_MESSAGES` (idempotent; before bitsandbytes is imported
+    is best, since its kernel message comes at import time)."""
+    import logging
+
+    for name, (starts, line) in BNB_MESSAGES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OnceInWords) for f in logger.filters):
+            logger.addFilter(_OnceInWords(starts, line))
+
+
 def has_cuda() -> bool:
     import torch
 
@@ -137,8 +183,20 @@ def load_causal_lm(
     device_map: str | dict[str, int] | None = None,
     trust_remote_code: bool = False,
 ) -> Any:
-    """Load a causal LM, 4/8-bit when ``quant`` is given. Remote code only when asked for."""
+    """Load a causal LM, 4/8-bit when ``quant`` is given. Remote code only when asked for.
+
+    A folder in the official ChatGLM3 layout (``model_type: chatglm``) is loaded as transformers'
+    native ``GlmForCausalLM``: converted once into a cache folder (see
+    :mod:`trainer_plugin.chatglm3_checkpoint`), never through its own remote code, which does not
+    run under transformers 5.
+    """
+    quiet_bitsandbytes()
     from transformers import AutoModelForCausalLM
+
+    from trainer_plugin.chatglm3_checkpoint import is_chatglm3, native_folder
+
+    if is_chatglm3(path):
+        path, trust_remote_code = native_folder(path), False
 
     kwargs: dict[str, Any] = {
         "dtype": resolve_dtype(dtype),
@@ -156,6 +214,29 @@ def load_causal_lm(
                 "if you have read it and trust it"
             ) from err
         raise
+
+
+def output_rows(model: nn.Module) -> int:
+    """Number of logits the model produces per position.
+
+    ``get_output_embeddings()`` is the transformers way, but models with their own code may not
+    wire it up (ChatGLM's remote code returns None; its head is ``transformer.output_layer``), so
+    a head found by name, then the config's vocabulary size, stand in.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        head = next((m for name, m in model.named_modules()
+                     if name.rsplit(".", 1)[-1] in OUTPUT_HEAD_NAMES and _is_linear(m)), None)
+    if head is not None and getattr(head, "out_features", None):
+        return int(head.out_features)  # a 4-bit weight's shape is its packed storage, not rows
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    config = getattr(model, "config", None)
+    rows = getattr(config, "padded_vocab_size", None) or getattr(config, "vocab_size", None)
+    if not rows:
+        raise ValueError(f"cannot tell how many logits {type(model).__name__} produces: it has "
+                         "no output head by a known name and no vocab_size in its config")
+    return int(rows)
 
 
 def _is_linear(module: nn.Module) -> bool:

@@ -36,6 +36,7 @@ from trainer_plugin.modeling import (
     has_cuda,
     load_causal_lm,
     lora_target_modules,
+    quiet_bitsandbytes,
     resolve_dtype,
 )
 
@@ -184,8 +185,7 @@ def train(
     plain LoRA on a full-precision base. ``report`` receives human-readable progress lines (the
     token-length summary before training); ``callbacks`` go to the ``Trainer``.
     """
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import Trainer, TrainingArguments
+    quiet_bitsandbytes()  # before peft/transformers import bitsandbytes
     from transformers.trainer_utils import get_last_checkpoint
 
     from dataprep.tokenizer import load_tokenizer
@@ -225,36 +225,11 @@ def train(
     if tok.vocab_size > rows:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model's embedding only "
                          f"{rows} rows; tokenizer and model do not belong together")
-    base.config.use_cache = False  # the KV cache is useless in training and clashes with checkpointing
-
-    hf = dict(cfg.training_args)
-    checkpointing = bool(hf.pop("gradient_checkpointing", quant is not None))
-    ckpt_kwargs = {"use_reentrant": False}  # reentrant checkpointing needs inputs that require grad
-    if quant is not None:
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing,
-                                               gradient_checkpointing_kwargs=ckpt_kwargs)
-    elif checkpointing:
-        if hasattr(base, "activation_checkpointing_enable"):  # the transformers >= 5.x name
-            base.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs)
-        else:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
-    targets = cfg.target_modules or lora_target_modules(base)
-    peft_model = get_peft_model(base, LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=targets, bias="none", task_type="CAUSAL_LM",
-    ))
-    trainable, total = peft_model.get_nb_trainable_parameters()
-
-    cuda = has_cuda()
-    defaults = {"report_to": "none", "use_cpu": not cuda, "logging_steps": 10,
-                "remove_unused_columns": False, "label_names": ["labels"],
-                "bf16": cuda and compute_dtype == resolve_dtype("bf16"),
-                "fp16": cuda and compute_dtype == resolve_dtype("fp16")}
-    hf.pop("output_dir", None)  # the command line's output_dir wins
-    args = TrainingArguments(output_dir=str(output_dir), **{**defaults, **hf})
-    trainer = Trainer(model=peft_model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                      data_collator=PadCollator(tok.pad_id), callbacks=callbacks)
-    outcome = trainer.train(resume_from_checkpoint=last_checkpoint if resume else None)
+    fitted = fit(base, cfg, train_ds, output_dir, quantized=quant is not None,
+                 compute_dtype=compute_dtype, collator=PadCollator(tok.pad_id), eval_ds=eval_ds,
+                 callbacks=callbacks, resume_from=last_checkpoint if resume else None)
+    trainer, outcome, targets = fitted.trainer, fitted.outcome, fitted.target_modules
+    trainable, total = fitted.trainable_params, fitted.total_params
     trainer.save_model(str(output_dir))
 
     _copy_tokenizer_files(Path(tokenizer), output_dir)
@@ -276,6 +251,69 @@ def train(
     (output_dir / TRAIN_INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str),
                                          encoding="utf-8")
     return result
+
+
+@dataclass
+class Fitted:
+    trainer: Any
+    outcome: Any
+    target_modules: list[str] | str
+    trainable_params: int
+    total_params: int
+
+
+def fit(base: Any, cfg: TrainConfig, train_ds: Any, output_dir: str | Path, *, quantized: bool,
+        compute_dtype: Any, collator: Callable[[list[dict[str, Any]]], dict[str, Any]],
+        eval_ds: Any = None, callbacks: list[Any] | None = None,
+        resume_from: str | None = None) -> Fitted:
+    """LoRA on an already loaded ``base`` through ``transformers.Trainer``: the part of
+    :func:`train` after loading, shared with ``bench/bench_train_gpu.py`` so that the benchmark
+    measures exactly this code path.
+
+    ``quantized``: the base was loaded 4/8-bit (peft's k-bit preparation, checkpointing on by
+    default). ``cfg.training_args`` go to ``TrainingArguments`` (``gradient_checkpointing`` is
+    handled here, non-reentrant).
+    """
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import Trainer, TrainingArguments
+
+    base.config.use_cache = False  # the KV cache is useless in training and clashes with checkpointing
+    hf = dict(cfg.training_args)
+    checkpointing = bool(hf.pop("gradient_checkpointing", quantized))
+    ckpt_kwargs = {"use_reentrant": False}  # reentrant checkpointing needs inputs that require grad
+    if quantized:
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing,
+                                               gradient_checkpointing_kwargs=ckpt_kwargs)
+    elif checkpointing:
+        if hasattr(base, "activation_checkpointing_enable"):  # the transformers >= 5.x name
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs)
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+        # Models with their own checkpointing code may still checkpoint reentrantly, which
+        # only back-propagates into LoRA when the embedding output requires grad.
+        base.enable_input_require_grads()
+    targets = cfg.target_modules or lora_target_modules(base)
+    if getattr(base.config, "model_type", None) == "glm":  # official ChatGLM3 names in a recipe
+        from trainer_plugin.lora_layout import native_target_modules
+
+        targets = native_target_modules(targets)
+    peft_model = get_peft_model(base, LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules=targets, bias="none", task_type="CAUSAL_LM",
+    ))
+    trainable, total = peft_model.get_nb_trainable_parameters()
+
+    cuda = has_cuda()
+    defaults = {"report_to": "none", "use_cpu": not cuda, "logging_steps": 10,
+                "remove_unused_columns": False, "label_names": ["labels"],
+                "bf16": cuda and compute_dtype == resolve_dtype("bf16"),
+                "fp16": cuda and compute_dtype == resolve_dtype("fp16")}
+    hf.pop("output_dir", None)  # the command line's output_dir wins
+    args = TrainingArguments(output_dir=str(output_dir), **{**defaults, **hf})
+    trainer = Trainer(model=peft_model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                      data_collator=collator, callbacks=callbacks)
+    outcome = trainer.train(resume_from_checkpoint=resume_from)
+    return Fitted(trainer, outcome, targets, trainable, total)
 
 
 def _copy_tokenizer_files(src: Path, dst: Path) -> None:
@@ -302,7 +340,8 @@ def add_arguments(p: Any) -> None:
                    help="dataprep output to train on")
     p.add_argument("--output-dir", required=True, type=Path, metavar="DIR",
                    help="where checkpoints and the final adapter go")
-    p.add_argument("--model", required=True, metavar="PATH", help="base model folder")
+    p.add_argument("--model", required=True, metavar="PATH",
+                   help="base model folder (native, or the official ChatGLM3 layout: converted on load)")
     p.add_argument("--tokenizer", required=True, type=Path, metavar="PATH",
                    help="tokenizer folder (or tokenizer.model file)")
     p.add_argument("--eval-data", type=Path, metavar="DEV.jsonl",

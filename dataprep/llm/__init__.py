@@ -1,9 +1,13 @@
 """LLM client layer: any OpenAI-compatible endpoint, with retries, re-asks, cache and budget.
 
-Augmentation stages build :class:`LLMRequest` items, run them with
+Augmentation stages build :class:`LLMRequest` items (with a validator when the answer must
+agree with the record, e.g. the slot check of a rewrite), run them with
 :meth:`LLMClient.complete_many` (or ``complete_many_sync``), keep every ``ok`` result and send
 the others to the exclusion writer with ``result.reason``; ``client.stats`` goes into the run
-manifest. :mod:`dataprep.llm.fake_server` is a local server for tests, benches and rehearsals.
+manifest. One module per concern: ``config``, ``transport`` (HTTP and retries), ``answers``
+(JSON extraction, validation, re-ask text), ``cache``, ``budget``, ``redaction``, ``items``
+(request/result types), ``client`` (the loop that ties them together). The fake server the
+tests and benches use is ``tests/support/fake_chat_server.py``, outside the package.
 
 Example:
     >>> from dataprep.llm import LLMClient, LLMConfig, LLMRequest
@@ -17,26 +21,22 @@ Example:
     ...     )
 """
 
+from dataprep.llm.answers import OutputRejected, Validator, extract_json
 from dataprep.llm.budget import BudgetMeter, DryRunEstimate, Usage, estimate_tokens
-from dataprep.llm.cache import CachedAnswer, ResponseCache, cache_key
-from dataprep.llm.client import (
-    REASONS,
-    LLMClient,
-    LLMConfig,
-    LLMRequest,
-    LLMResult,
-    MissingAPIKeyError,
-    OutputRejected,
-    RedactingFilter,
-    extract_json,
-    redact,
-)
+from dataprep.llm.cache import CachedAnswer, CacheError, ResponseCache, cache_key
+from dataprep.llm.client import LLMClient
+from dataprep.llm.config import LLMConfig, MissingAPIKeyError
+from dataprep.llm.items import REASONS, LLMRequest, LLMResult
+from dataprep.llm.redaction import RedactingFilter, redact, sdk_debug_logging
+from dataprep.llm.transport import LLMAuthError
 
 __all__ = [
     "REASONS",
     "BudgetMeter",
+    "CacheError",
     "CachedAnswer",
     "DryRunEstimate",
+    "LLMAuthError",
     "LLMClient",
     "LLMConfig",
     "LLMRequest",
@@ -46,8 +46,10 @@ __all__ = [
     "RedactingFilter",
     "ResponseCache",
     "Usage",
+    "Validator",
     "cache_key",
     "estimate_tokens",
     "extract_json",
     "redact",
+    "sdk_debug_logging",
 ]

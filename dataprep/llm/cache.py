@@ -1,4 +1,4 @@
-"""Persistent on-disk cache of validated LLM answers, keyed by a hash of the request.
+"""Persistent on-disk cache of LLM answers, keyed by a hash of the exact request.
 
 Why sqlite3 (stdlib) and not an append-only JSONL file:
 
@@ -14,8 +14,15 @@ Why sqlite3 (stdlib) and not an append-only JSONL file:
 few commits may be lost on *power* loss; losing them only costs re-asking those requests, never
 a corrupt cache, which is the right trade for a cache.
 
-Only successful, validated answers are stored, with their token usage. Request headers, the base
-URL and the API key are never given to this module, so they cannot end up on disk.
+Every chat completion the client receives is stored with its token usage, keyed by the exact
+request that produced it (a re-ask's key covers the rejected answer and the correction too); the
+client judges answers again on every replay. Request headers and the API key are never given to
+this module, so they cannot end up on disk; the endpoint URL goes into the key only as part of
+the hash.
+
+A cache that cannot be used (not an sqlite file, a folder where the file should be, read-only,
+locked by another process) raises :class:`CacheError`, one line that names the file and what to
+do, instead of an sqlite traceback in the middle of a run.
 
 Example:
     >>> key = cache_key("glm-4-flash", [{"role": "user", "content": "你好"}], {"temperature": 0})
@@ -37,9 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dataprep.errors import DataprepError
+
 __all__ = [
     "CACHE_FILENAME",
     "CACHE_KEY_VERSION",
+    "CacheError",
     "CachedAnswer",
     "ResponseCache",
     "cache_key",
@@ -48,8 +58,14 @@ __all__ = [
 
 CACHE_FILENAME = "llm_cache.sqlite3"
 # Bump when the meaning of a key changes (e.g. what goes into it), so old entries stop matching
-# instead of being served for requests they were never made for.
-CACHE_KEY_VERSION = 1
+# instead of being served for requests they were never made for. 2: the endpoint joined the key.
+CACHE_KEY_VERSION = 2
+# Seconds to wait for another process's write lock before calling the cache locked.
+DEFAULT_BUSY_TIMEOUT_S = 30.0
+
+
+class CacheError(DataprepError):
+    """The cache file cannot be opened, read or written; the message says which and what to do."""
 
 
 def cache_key(
@@ -57,8 +73,12 @@ def cache_key(
     messages: Sequence[Mapping[str, Any]],
     params: Mapping[str, Any],
     schema: Mapping[str, Any] | None = None,
+    endpoint: str | None = None,
 ) -> str:
     """sha256 hex of the canonical JSON of everything that determines the answer.
+
+    ``endpoint`` is the base URL the request goes to: the same model name at two providers (or
+    a local vLLM and the vendor's API) are different models, and must not share answers.
 
     ``params`` must hold only parameters that change the output (temperature, max_tokens,
     response_format, seed...); the client strips transport settings such as timeouts before
@@ -77,6 +97,7 @@ def cache_key(
         "messages": list(messages),
         "params": dict(params),
         "schema": schema,
+        "endpoint": endpoint,
     }
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -110,51 +131,83 @@ class ResponseCache:
         0
     """
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path,
+                 busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
         self.directory = Path(directory)
+        self.path = self.directory / CACHE_FILENAME
         if self.directory.exists() and not self.directory.is_dir():
-            raise NotADirectoryError(
-                f"cache_dir {self.directory} is a file; point cache_dir at a folder "
+            raise CacheError(
+                f"LLM cache_dir {self.directory} is a file; point llm.cache_dir at a folder "
                 f"(the cache is stored as {CACHE_FILENAME} inside it)"
             )
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.path = self.directory / CACHE_FILENAME
+        if self.path.is_dir():
+            raise CacheError(
+                f"LLM cache {self.path} is a folder, not a cache file; move it away or set "
+                f"llm.cache_dir to another folder"
+            )
         # One connection guarded by a lock: sqlite connections are not safe for concurrent use,
         # and the sync wrapper may run the event loop on a different thread than the creator.
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = sqlite3.connect(
-            self.path, timeout=30.0, check_same_thread=False, isolation_level=None
-        )
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS answers ("
-                " key TEXT PRIMARY KEY,"
-                " text TEXT NOT NULL,"
-                " prompt_tokens INTEGER NOT NULL,"
-                " completion_tokens INTEGER NOT NULL,"
-                " model TEXT NOT NULL,"
-                " created_at REAL NOT NULL)"
+        self._conn: sqlite3.Connection | None = None
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, check_same_thread=False, isolation_level=None
             )
+            with self._lock:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute(
+                    "CREATE TABLE IF NOT EXISTS answers ("
+                    " key TEXT PRIMARY KEY,"
+                    " text TEXT NOT NULL,"
+                    " prompt_tokens INTEGER NOT NULL,"
+                    " completion_tokens INTEGER NOT NULL,"
+                    " model TEXT NOT NULL,"
+                    " created_at REAL NOT NULL)"
+                )
+                # Take the write lock once now: a read-only or locked cache is found before
+                # the first answer is paid for, not when storing it.
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute("ROLLBACK")
+        except (sqlite3.Error, OSError) as exc:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            raise self._error(exc) from None
 
-    def _connection(self) -> sqlite3.Connection:
+    def _error(self, exc: BaseException) -> CacheError:
+        text = str(exc)
+        if isinstance(exc, sqlite3.DatabaseError) and "not a database" in text:
+            hint = "it is not an sqlite file; delete it (answers will be asked again) or set " \
+                   "llm.cache_dir to another folder"
+        elif "locked" in text or "busy" in text:
+            hint = "another process holds its lock (a second run on the same cache_dir?); " \
+                   "wait for it to finish or set llm.cache_dir to another folder"
+        elif "readonly" in text or "read-only" in text or isinstance(exc, PermissionError):
+            hint = "it cannot be written; make the file and its folder writable or set " \
+                   "llm.cache_dir to another folder"
+        else:
+            hint = "delete it (answers will be asked again) or set llm.cache_dir to another folder"
+        return CacheError(f"LLM cache {self.path} is unusable ({text}): {hint}")
+
+    def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        # Called with self._lock held.
         if self._conn is None:
             raise RuntimeError(f"the LLM cache at {self.path} is closed; open a new ResponseCache")
-        return self._conn
+        try:
+            return self._conn.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
 
     def get(self, key: str) -> CachedAnswer | None:
         """The stored answer for ``key``, or None."""
         with self._lock:
-            row = (
-                self._connection()
-                .execute(
-                    "SELECT text, prompt_tokens, completion_tokens, model, created_at"
-                    " FROM answers WHERE key = ?",
-                    (key,),
-                )
-                .fetchone()
-            )
+            row = self._execute(
+                "SELECT text, prompt_tokens, completion_tokens, model, created_at"
+                " FROM answers WHERE key = ?",
+                (key,),
+            ).fetchone()
         return None if row is None else CachedAnswer(*row)
 
     def put(self, key: str, answer: CachedAnswer) -> None:
@@ -163,7 +216,7 @@ class ResponseCache:
         with self._lock:
             # autocommit mode (isolation_level=None): this single statement is its own
             # transaction, durable once execute() returns.
-            self._connection().execute(
+            self._execute(
                 "INSERT OR REPLACE INTO answers"
                 " (key, text, prompt_tokens, completion_tokens, model, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -178,25 +231,25 @@ class ResponseCache:
             )
 
     def delete(self, key: str) -> None:
-        """Forget ``key`` (e.g. an entry that no longer passes a stricter validator)."""
+        """Forget ``key``."""
         with self._lock:
-            self._connection().execute("DELETE FROM answers WHERE key = ?", (key,))
+            self._execute("DELETE FROM answers WHERE key = ?", (key,))
 
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, str):
             return False
         with self._lock:
-            row = self._connection().execute("SELECT 1 FROM answers WHERE key = ?", (key,))
-            return row.fetchone() is not None
+            return self._execute("SELECT 1 FROM answers WHERE key = ?", (key,)).fetchone() \
+                is not None
 
     def __len__(self) -> int:
         with self._lock:
-            return int(self._connection().execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+            return int(self._execute("SELECT COUNT(*) FROM answers").fetchone()[0])
 
     def integrity_ok(self) -> bool:
         """True when sqlite's ``PRAGMA integrity_check`` finds nothing wrong."""
         with self._lock:
-            rows = self._connection().execute("PRAGMA integrity_check").fetchall()
+            rows = self._execute("PRAGMA integrity_check").fetchall()
         return rows == [("ok",)]
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -113,13 +114,73 @@ def test_show_prints_aligned_token_id_label_columns(tokenizer_dir, input_file, t
     tok = load_tokenizer(tokenizer_dir)
     enc = encode_conversation(SAMPLES[0], tok)
     assert len(rows) == len(enc.input_ids)
-    # right-aligned columns: every id ends under "id", every label under "label"
-    id_end, label_end = header.index("id") + 2, header.index("label") + 5
+    # right-aligned columns: every id ends under "id", every label under "label", counted in
+    # terminal cells (a Chinese character takes two), so rows holding '你' line up too
+    id_end = cells(header[: header.index("id") + 2])
+    label_end = cells(header[: header.index("label") + 5])
+    assert any(cells(r) != len(r) for r in rows)  # some rows do hold wide characters
     for line, i, lab in zip(rows, enc.input_ids, enc.labels, strict=True):
-        assert line[:id_end].endswith(f" {i}")
-        assert line[:label_end].endswith(f" {lab}")
+        assert at_cells(line, id_end).endswith(f" {i}")
+        assert at_cells(line, label_end).endswith(f" {lab}")
         assert line.endswith("*") == (lab != -100)
     assert rows[2].split()[:3] == ["2", "'<|user|>'", "64795"]
+
+
+def cells(text: str) -> int:
+    """Terminal cells: East Asian wide/full-width characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def at_cells(line: str, n: int) -> str:
+    """The prefix of ``line`` that fills the first ``n`` terminal cells."""
+    out = ""
+    for c in line:
+        if cells(out + c) > n:
+            break
+        out += c
+    return out
+
+
+def test_show_collapses_long_masked_runs_and_show_all_expands(tokenizer_dir, corpora, tmp_path,
+                                                             capsys):
+    lab = corpora / "crosswoz-hotel-finetune-lab" / "train.chatglm3.jsonl"
+    first = tmp_path / "one.jsonl"
+    first.write_text(lab.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
+    tok = load_tokenizer(tokenizer_dir)
+    enc = encode_conversation(json.loads(first.read_text(encoding="utf-8")), tok)
+    (schema,) = [sp for sp in enc.spans if sp.index is None]  # the tool system prompt
+
+    assert run(tokenizer_dir, first, tmp_path / "o.jsonl", "--show", "1") == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    n = schema.end - schema.start
+    assert f"…  {n} masked tokens (tool schema), rows 2-{schema.end - 1}: '<|system|>" in rows[2]
+    assert any("masked tokens (observation)" in r for r in rows)
+    assert len(rows) < len(enc.input_ids) // 3
+    # every trained token still has its own row, and the rows before and after a run are there
+    trained = [k for k, lab in enumerate(enc.labels) if lab != -100]
+    assert [int(r.split()[0]) for r in rows if r.endswith("*")] == trained
+    assert rows[:2] == [r for r in rows if r.split()[0] in ("0", "1")]
+
+    assert run(tokenizer_dir, first, tmp_path / "o.jsonl", "--show", "1", "--show-all") == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert len(rows) == len(enc.input_ids) and not any("masked tokens" in r for r in rows)
+
+
+def test_length_summary_gives_each_truncation_mode_its_line(tokenizer_dir, input_file, tmp_path,
+                                                            capsys):
+    assert run(tokenizer_dir, input_file, tmp_path / "o.jsonl", "--max-length", "20") == 0
+    err = capsys.readouterr().err.splitlines()
+    (k,) = [k for k, line in enumerate(err) if line.startswith("tokens per sample")]
+    assert err[k].endswith("; 1 over max_length 20")
+    assert err[k + 1] == "  --truncation cut:  1 kept (cut at a message boundary), 0 dropped"
+    assert err[k + 2] == "  --truncation drop: 1 dropped"
+
+
+def test_version(capsys):
+    from trainer_plugin import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"dataprep-train {__version__}\n"
 
 
 @pytest.mark.parametrize(

@@ -182,7 +182,10 @@ def test_every_drop_and_cut_is_counted_with_its_reason(tmp_path, tok):
     assert dropped["dropped"] == {"invalid_sample": 1, "no_trained_tokens": 1, "too_long": 2}
     assert dropped["lengths"] == lengths  # the summary describes the input, not the strategy
     text = format_stats(stats)
-    assert "2 over max_length 64 (cut: 1 kept, 1 dropped; drop: 2 dropped)" in text
+    # one line per truncation mode
+    assert "; 2 over max_length 64\n" in text
+    assert "\n  --truncation cut:  1 kept (cut at a message boundary), 1 dropped\n" in text
+    assert "\n  --truncation drop: 2 dropped\n" in text
     assert "dropped: invalid_sample 1, no_trained_tokens 1, too_long_nothing_trained_fits 1" in text
 
 

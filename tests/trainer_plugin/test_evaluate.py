@@ -12,7 +12,6 @@ import torch
 from transformers import GlmForCausalLM
 
 from dataprep.tokenizer import load_tokenizer
-from tests.trainer_plugin.test_train import Run, shared_qlora_run, shared_samples, shared_tiny_model
 from trainer_plugin.data import load_samples
 from trainer_plugin.encoding import encode_conversation
 from trainer_plugin.evaluate import (
@@ -35,13 +34,8 @@ def tok(tokenizer_dir: Path) -> Any:
 
 
 @pytest.fixture(scope="session")
-def test_file(tmp_path_factory: pytest.TempPathFactory, corpora: Path) -> Path:
-    return shared_samples(tmp_path_factory, corpora)
-
-
-@pytest.fixture(scope="session")
-def qlora_run(tmp_path_factory: pytest.TempPathFactory, corpora: Path, tokenizer_dir: Path) -> Run:
-    return shared_qlora_run(tmp_path_factory, corpora, tokenizer_dir)
+def test_file(lab_samples: Path) -> Path:
+    return lab_samples
 
 
 def replay(turns: list, pick: Callable) -> Callable[[list[list[int]]], list[list[int]]]:
@@ -174,7 +168,7 @@ def test_generation_never_picks_ids_the_tokenizer_lacks(tok: Any) -> None:
     assert len(generated) == 3 and all(t < tok.vocab_size for t in generated)
 
 
-def test_eval_runs_an_adapter_on_its_4bit_base(qlora_run: Run, test_file: Path,
+def test_eval_runs_an_adapter_on_its_4bit_base(qlora_run, test_file: Path,
                                               tmp_path: Path) -> None:
     # The adapter folder holds the tokenizer files and names its base and 4-bit settings.
     result = evaluate(qlora_run.adapter, qlora_run.adapter, test_file, tmp_path,
@@ -189,9 +183,9 @@ def test_eval_runs_an_adapter_on_its_4bit_base(qlora_run: Run, test_file: Path,
     assert all(0 <= (r["scores"].get("bleu4") or 0) <= 1 for r in rows)
 
 
-def test_predict_continues_each_conversation(tmp_path_factory: pytest.TempPathFactory,
-                                             tokenizer_dir: Path, tmp_path: Path) -> None:
-    base = shared_tiny_model(tmp_path_factory)
+def test_predict_continues_each_conversation(tiny_model: Path, tokenizer_dir: Path,
+                                             tmp_path: Path) -> None:
+    base = tiny_model
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"id": "a", "conversations": [
         {"role": "user", "content": "帮我找一家经济型酒店"}]}, ensure_ascii=False) + "\n")

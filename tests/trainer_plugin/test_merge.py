@@ -11,12 +11,6 @@ from peft import PeftModel
 from transformers import GlmForCausalLM
 
 from dataprep.tokenizer import load_tokenizer
-from tests.trainer_plugin.test_train import (
-    Run,
-    shared_lora_run,
-    shared_qlora_run,
-    shared_tiny_model,
-)
 from trainer_plugin import merge as merge_module
 from trainer_plugin.encoding import encode_conversation
 from trainer_plugin.merge import MERGE_INFO, MergeVerificationError, merge
@@ -27,18 +21,8 @@ SAMPLE = {"conversations": [{"role": "user", "content": "帮我找一家评分4.
 
 
 @pytest.fixture(scope="session")
-def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_tiny_model(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def qlora_run(tmp_path_factory: pytest.TempPathFactory, corpora: Path, tokenizer_dir: Path) -> Run:
-    return shared_qlora_run(tmp_path_factory, corpora, tokenizer_dir)
-
-
-@pytest.fixture(scope="session")
-def lora_run(tmp_path_factory: pytest.TempPathFactory, corpora: Path, tokenizer_dir: Path) -> Run:
-    return shared_lora_run(tmp_path_factory, corpora, tokenizer_dir)
+def base_dir(tiny_model: Path) -> Path:
+    return tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +46,7 @@ def logits_as_trained(peft_model: torch.nn.Module, ids: torch.Tensor) -> torch.T
     return logits(peft_model, ids)
 
 
-def test_plain_merge_equals_base_plus_adapter(base_dir: Path, lora_run: Run, tmp_path: Path,
+def test_plain_merge_equals_base_plus_adapter(base_dir: Path, lora_run, tmp_path: Path,
                                               ids: torch.Tensor, tokenizer_dir: Path) -> None:
     out = tmp_path / "merged"
     result = merge(base_dir, lora_run.adapter, out, dtype="float32")
@@ -79,7 +63,7 @@ def test_plain_merge_equals_base_plus_adapter(base_dir: Path, lora_run: Run, tmp
     assert json.loads((out / MERGE_INFO).read_text())["from_4bit"] is False
 
 
-def test_4bit_merge_equals_what_was_trained(base_dir: Path, qlora_run: Run, tmp_path: Path,
+def test_4bit_merge_equals_what_was_trained(base_dir: Path, qlora_run, tmp_path: Path,
                                             ids: torch.Tensor) -> None:
     result = merge(base_dir, qlora_run.adapter, tmp_path / "nf4", dtype="float32", from_4bit=True)
     assert result.verified and result.layers_round_tripped == 12
@@ -97,7 +81,7 @@ def test_4bit_merge_equals_what_was_trained(base_dir: Path, qlora_run: Run, tmp_
     assert plain_error > 100 * nf4_error
 
 
-def test_bf16_merge_is_verified_with_a_looser_tolerance(base_dir: Path, lora_run: Run,
+def test_bf16_merge_is_verified_with_a_looser_tolerance(base_dir: Path, lora_run,
                                                         tmp_path: Path) -> None:
     result = merge(base_dir, lora_run.adapter, tmp_path / "bf16", dtype="bfloat16")
     assert result.dtype == "bfloat16" and result.max_abs_diff <= result.tolerance
@@ -105,7 +89,7 @@ def test_bf16_merge_is_verified_with_a_looser_tolerance(base_dir: Path, lora_run
 
 
 def test_verification_fails_loudly_and_leaves_nothing_behind(
-        base_dir: Path, qlora_run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        base_dir: Path, qlora_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Simulate a merge that forgets the NF4 round trip: the check against the 4-bit model must
     # catch it, and no folder may appear at --out.
     monkeypatch.setattr(merge_module, "_round_trip_like", lambda model, quantized: 0)
@@ -117,7 +101,7 @@ def test_verification_fails_loudly_and_leaves_nothing_behind(
 
 
 def test_rerun_replaces_an_earlier_merge_but_not_a_foreign_folder(
-        base_dir: Path, lora_run: Run, tmp_path: Path) -> None:
+        base_dir: Path, lora_run, tmp_path: Path) -> None:
     out = tmp_path / "merged"
     merge(base_dir, lora_run.adapter, out, dtype="float32", verify=False)
     (out / "stale.txt").write_text("from the first run")
@@ -134,6 +118,6 @@ def test_rerun_replaces_an_earlier_merge_but_not_a_foreign_folder(
 
 
 def test_from_4bit_refuses_an_adapter_trained_without_quantization(
-        base_dir: Path, lora_run: Run, tmp_path: Path) -> None:
+        base_dir: Path, lora_run, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="without quantization"):
         merge(base_dir, lora_run.adapter, tmp_path / "m", from_4bit=True)

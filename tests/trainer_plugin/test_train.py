@@ -1,119 +1,25 @@
 """QLoRA training on a tiny GLM with the real ChatGLM3 tokenizer and real lab samples, on the CPU.
 
-The tiny model and the training runs are built once per session and shared with test_merge and
-test_evaluate through the ``shared_*`` helpers below (module-level cache: a fixture imported into
-another module would be built again there).
+The tiny model and the two-step training runs are session fixtures of ``conftest.py``, built once
+per run and shared by every module and xdist worker.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from torch import nn
-from transformers import TrainerCallback
 
-from trainer_plugin.modeling import (
-    TRAIN_INFO,
-    build_tiny_model,
-    lora_target_modules,
-    tiny_glm_config,
-)
+from trainer_plugin.modeling import TRAIN_INFO, lora_target_modules, tiny_glm_config
 from trainer_plugin.train import TrainConfig, train
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-_CACHE: dict[str, Any] = {}
-# Small but real: 2 optimizer steps, a learning rate that moves LoRA A and B visibly in 2 steps.
 TWO_STEPS = {"max_steps": 2, "learning_rate": 1e-3, "save_steps": 1, "logging_steps": 1,
              "per_device_train_batch_size": 2, "max_length": 560, "seed": 0}
-# Three short lab dialogues (460-670 tokens; the 65,024-wide logits dominate CPU time). Line 2 is
-# over max_length and gets cut at a message boundary.
-LAB_LINES = (2, 4, 7)
-
-
-class Snapshot(TrainerCallback):
-    """Copies every parameter (4-bit packed weights included) when training starts and ends."""
-
-    def __init__(self) -> None:
-        self.before: dict[str, torch.Tensor] = {}
-        self.after: dict[str, torch.Tensor] = {}
-        self.steps = 0
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-        self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        self.steps += 1
-
-    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-        self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
-@dataclass
-class Run:
-    result: Any
-    snapshot: Snapshot
-    report: list[str] = field(default_factory=list)
-
-    @property
-    def adapter(self) -> Path:
-        return self.result.adapter_dir
-
-
-def shared_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if "model" not in _CACHE:
-        _CACHE["model"] = build_tiny_model(tmp_path_factory.mktemp("tiny-glm"), seed=0)
-    return _CACHE["model"]
-
-
-def shared_samples(tmp_path_factory: pytest.TempPathFactory, corpora: Path) -> Path:
-    """Three dialogues of the lab dev file (tools double-encoded as the lab stores them)."""
-    if "samples" not in _CACHE:
-        lines = (corpora / "crosswoz-hotel-finetune-lab" / "dev.chatglm3.jsonl").read_text(
-            encoding="utf-8").splitlines()
-        lines = [lines[i] for i in LAB_LINES]
-        path = tmp_path_factory.mktemp("data") / "train.jsonl"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        _CACHE["samples"] = path
-    return _CACHE["samples"]
-
-
-def _run(name: str, tmp_path_factory: pytest.TempPathFactory, corpora: Path, tokenizer_dir: Path,
-         no_quant: bool) -> Run:
-    if name not in _CACHE:
-        snap, lines = Snapshot(), []
-        result = train(None, data=shared_samples(tmp_path_factory, corpora),
-                       output_dir=tmp_path_factory.mktemp(name) / "adapter",
-                       tokenizer=tokenizer_dir, model=shared_tiny_model(tmp_path_factory),
-                       no_quant=no_quant, overrides=TWO_STEPS, report=lines.append,
-                       callbacks=[snap])
-        _CACHE[name] = Run(result, snap, lines)
-    return _CACHE[name]
-
-
-def shared_qlora_run(tmp_path_factory: pytest.TempPathFactory, corpora: Path,
-                     tokenizer_dir: Path) -> Run:
-    return _run("qlora", tmp_path_factory, corpora, tokenizer_dir, no_quant=False)
-
-
-def shared_lora_run(tmp_path_factory: pytest.TempPathFactory, corpora: Path,
-                    tokenizer_dir: Path) -> Run:
-    return _run("lora", tmp_path_factory, corpora, tokenizer_dir, no_quant=True)
-
-
-@pytest.fixture(scope="session")
-def qlora_run(tmp_path_factory: pytest.TempPathFactory, corpora: Path, tokenizer_dir: Path) -> Run:
-    return shared_qlora_run(tmp_path_factory, corpora, tokenizer_dir)
-
-
-@pytest.fixture(scope="session")
-def lora_run(tmp_path_factory: pytest.TempPathFactory, corpora: Path, tokenizer_dir: Path) -> Run:
-    return shared_lora_run(tmp_path_factory, corpora, tokenizer_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,8 +84,8 @@ def test_lora_targets_for_chatglm_are_the_fused_qkv() -> None:
 # training
 
 
-def test_qlora_trains_the_adapter_and_leaves_the_base_frozen(qlora_run: Run) -> None:
-    before, after = qlora_run.snapshot.before, qlora_run.snapshot.after
+def test_qlora_trains_the_adapter_and_leaves_the_base_frozen(qlora_run) -> None:
+    before, after = qlora_run.before, qlora_run.after
     lora = [n for n in before if "lora_" in n]
     base = [n for n in before if "lora_" not in n]
     assert lora and base
@@ -192,7 +98,7 @@ def test_qlora_trains_the_adapter_and_leaves_the_base_frozen(qlora_run: Run) -> 
     assert qlora_run.result.global_step == 2
 
 
-def test_training_writes_a_self_contained_adapter_folder(qlora_run: Run, tokenizer_dir: Path) -> None:
+def test_training_writes_a_self_contained_adapter_folder(qlora_run, tokenizer_dir: Path) -> None:
     adapter = qlora_run.adapter
     assert (adapter / "adapter_model.safetensors").is_file()
     assert (adapter / "tokenizer.model").read_bytes() == (tokenizer_dir / "tokenizer.model").read_bytes()
@@ -204,30 +110,31 @@ def test_training_writes_a_self_contained_adapter_folder(qlora_run: Run, tokeniz
     assert (adapter / "checkpoint-1").is_dir() and (adapter / "checkpoint-2").is_dir()
 
 
-def test_length_summary_is_reported_before_training(qlora_run: Run) -> None:
+def test_length_summary_is_reported_before_training(qlora_run) -> None:
     summary = "\n".join(qlora_run.report)
     # One of the three lab dialogues has 667 tokens: over max_length 560, cut, not dropped.
     assert "3 samples" in summary and "1 over max_length 560" in summary
     assert qlora_run.result.dataset_stats["cut"] == 1
 
 
-def test_plain_lora_trains_without_quantization(lora_run: Run) -> None:
-    before, after = lora_run.snapshot.before, lora_run.snapshot.after
+def test_plain_lora_trains_without_quantization(lora_run) -> None:
+    before, after = lora_run.before, lora_run.after
+    assert lora_run.checkpointing  # asked for in the config: non-reentrant, LoRA still learns
     assert all(t.dtype == torch.float32 for t in before.values())
     for name in before:
         assert torch.equal(before[name], after[name]) == ("lora_" not in name), name
     assert json.loads((lora_run.adapter / TRAIN_INFO).read_text())["quantization"] is None
 
 
-def test_resume_continues_the_step_count(qlora_run: Run, tmp_path: Path, tokenizer_dir: Path,
-                                         tmp_path_factory: pytest.TempPathFactory,
-                                         corpora: Path) -> None:
+def test_resume_continues_the_step_count(qlora_run, tmp_path: Path, tokenizer_dir: Path,
+                                         lab_samples: Path, tiny_model: Path,
+                                         snapshot_type: type) -> None:
     out = tmp_path / "adapter"
     shutil.copytree(qlora_run.adapter / "checkpoint-2", out / "checkpoint-2")
-    snap = Snapshot()
-    result = train(None, data=shared_samples(tmp_path_factory, corpora), output_dir=out,
-                   tokenizer=tokenizer_dir, model=shared_tiny_model(tmp_path_factory),
-                   resume=True, overrides={**TWO_STEPS, "max_steps": 3}, callbacks=[snap])
+    snap = snapshot_type()
+    result = train(None, data=lab_samples, output_dir=out, tokenizer=tokenizer_dir,
+                   model=tiny_model, resume=True, overrides={**TWO_STEPS, "max_steps": 3},
+                   callbacks=[snap])
     assert result.resumed_from == str(out / "checkpoint-2")
     assert result.global_step == 3
     assert snap.steps == 1, "only the third step is left to run"
@@ -238,7 +145,7 @@ def test_resume_continues_the_step_count(qlora_run: Run, tmp_path: Path, tokeniz
     assert state["global_step"] == 3
 
 
-def test_resume_and_restart_guard_the_output_folder(qlora_run: Run, tmp_path: Path,
+def test_resume_and_restart_guard_the_output_folder(qlora_run, tmp_path: Path,
                                                     tokenizer_dir: Path) -> None:
     common = dict(data="unused.jsonl", tokenizer=tokenizer_dir, model="unused", overrides=TWO_STEPS)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):

@@ -13,7 +13,9 @@ price_upper_query   new dialog: search by a price upper bound                  0
 ==================  =========================================================  =====
 
 A rewrite keeps a turn only if it passes the slot check (same numbers and bounds, names, types,
-facilities, and the following tool call's stated values); failing turns keep their original
+facilities, and the following tool call's stated values); for ``rewrite_llm`` the check is the
+LLM client's answer validator, so a failing rewrite is first re-asked with the reason
+(``llm.max_reasks`` times, counted in the client's ``reasks``). Failing turns keep their original
 text, and a record none of whose turns survives gets no derived twin (outcome ``kept:REASON``).
 Every discarded rewrite is kept as evidence. LLM answers are cached (default
 ``<out>/llm_cache``), so a killed run resumes without re-sending an answered request.
@@ -37,7 +39,9 @@ from dataprep.corpora.hotel.rewrite import (
     RuleRewriter,
     judge_rewrite,
     prompt_hash,
+    rejected_rewrite,
     rewrite_messages,
+    rewrite_validator,
     rules_hash,
     user_turns,
 )
@@ -173,7 +177,7 @@ class _RewriteOp(AugmentOp):
         return self._extractor
 
     def apply(self, rec: Conversation, candidates: dict[int, str | None],
-              failures: dict[int, tuple[str, str]], run: OpRun,
+              failures: dict[int, tuple[str, str, str | None]], run: OpRun,
               **extra: Any) -> tuple[Conversation | None, str]:
         """The derived record with the turns whose rewrite passes the slot check, or None and
         ``kept:REASON`` (the most common turn-level reason) when none does."""
@@ -186,15 +190,20 @@ class _RewriteOp(AugmentOp):
         reasons: list[str] = []
         for idx, turn in turns.items():
             if idx in failures:
-                reason, detail = failures[idx]
-                run.count_turn(op, f"failed:{reason}")
-                reasons.append(reason)
-                run.discard({"record_id": rec.id, "op": op, "turn": idx,
-                             "original": turn.text, "rewrite": None,
-                             "reasons": [reason], "detail": detail})
-                continue
-            cand = candidates.get(idx)
-            why = judge_rewrite(turn.text, cand, extractor, turn.params)
+                reason, detail, cand = failures[idx]
+                # A rewrite the slot check kept rejecting until the client's re-asks ran out is
+                # judged again here, so its evidence reads the same as a rule rewrite's.
+                why = judge_rewrite(turn.text, cand, extractor, turn.params) if cand else []
+                if not why:
+                    run.count_turn(op, f"failed:{reason}")
+                    reasons.append(reason)
+                    run.discard({"record_id": rec.id, "op": op, "turn": idx,
+                                 "original": turn.text, "rewrite": cand,
+                                 "reasons": [reason], "detail": detail})
+                    continue
+            else:
+                cand = candidates.get(idx)
+                why = judge_rewrite(turn.text, cand, extractor, turn.params)
             if why:
                 run.count_turn(op, f"failed:{why[0]}")
                 reasons.append(why[0])
@@ -281,6 +290,7 @@ class RewriteLLM(_RewriteOp):
             config = LLMConfig.from_mapping(cfg)
         except ValueError as e:
             raise ConfigError(f"llm: {e}") from e
+        extractor = self.extractor(run)
         requests, where = [], {}
         for n, rec in enumerate(chosen):
             for t in user_turns(rec.messages):
@@ -288,7 +298,11 @@ class RewriteLLM(_RewriteOp):
                 # into the cache key, which hashes only the messages and sampling parameters.
                 rid = f"{n}:{rec.id}#{t.index}"
                 where[rid] = (id(rec), t.index)
-                requests.append(LLMRequest(rid, rewrite_messages(t.text), schema=REWRITE_SCHEMA))
+                # The slot check is the answer validator, so a failing rewrite is re-asked
+                # with the reason instead of being thrown away after the client returns.
+                requests.append(LLMRequest(rid, rewrite_messages(t.text), schema=REWRITE_SCHEMA,
+                                           validator=rewrite_validator(t.text, extractor,
+                                                                       t.params)))
         try:
             client = LLMClient(config)
         except ValueError as e:
@@ -303,12 +317,13 @@ class RewriteLLM(_RewriteOp):
         out = []
         for rec in chosen:
             candidates: dict[int, str | None] = {}
-            failures: dict[int, tuple[str, str]] = {}
+            failures: dict[int, tuple[str, str, str | None]] = {}
             for idx, r in sorted(by_rec[id(rec)].items()):
                 if r.ok and isinstance(r.parsed, dict) and isinstance(r.parsed.get("rewrite"), str):
                     candidates[idx] = r.parsed["rewrite"]
                 else:
-                    failures[idx] = (r.reason or "llm_failed", r.detail)
+                    failures[idx] = (r.reason or "llm_failed", r.detail,
+                                     rejected_rewrite(r.rejected_text))
             child, outcome = self.apply(rec, candidates, failures, run, model=config.model,
                                         prompt_hash=prompt_hash())
             out.append((rec, child, outcome))

@@ -1,8 +1,9 @@
 """Colloquial rewrites of user turns: offline rules from the phrase table, or an LLM.
 
 Both produce candidate texts only; whether a candidate is kept is decided by the slot check in
-:mod:`dataprep.corpora.hotel.slots` (the augment stage runs it), so the two sources are judged by the
-same rule.
+:mod:`dataprep.corpora.hotel.slots`, so the two sources are judged by the same rule. For LLM
+rewrites the check runs inside the LLM client as the answer validator (:func:`rewrite_validator`),
+so a rewrite that fails it is sent back to the model with the reason instead of being thrown away.
 
 >>> import random
 >>> RuleRewriter().rewrite("你好，帮我找一家有国际长途电话的酒店。", random.Random(0))
@@ -232,6 +233,56 @@ def judge_rewrite(original: str, rewrite: str | None, extractor: Any,
     if not MIN_LENGTH_RATIO <= ratio <= MAX_LENGTH_RATIO:
         return ["rewrite_length_ratio"]
     return extractor.check(original, rewrite, params)
+
+
+# What the model is told when its rewrite fails a check; the reason code is added for the log.
+REWRITE_FEEDBACK: dict[str, str] = {
+    "rewrite_unchanged": "改写为空或与原句完全相同，请换一种更口语化的说法",
+    "rewrite_length_ratio": "改写比原句长太多或短太多；只改说法，不要增删内容，也不要回答问题",
+}
+SLOT_FEEDBACK = ("改写改变或遗漏了原句中的条件；数字（价格、评分）及其含义、酒店名称、酒店类型和每一项设施"
+                 "都必须与原句一致，不得增加或删除")
+
+
+def rewrite_validator(original: str, extractor: Any,
+                      params: dict[str, Any] | None = None) -> Callable[[Any], None]:
+    """The LLM client's answer validator for a rewrite of ``original``: the same
+    :func:`judge_rewrite` as for rule rewrites, raised as ``OutputRejected`` whose reason is the
+    first failing reason (so the client counts re-asks and failures by slot reason).
+
+    >>> from dataprep.corpora.hotel.slots import SlotExtractor
+    >>> check = rewrite_validator("500元以内的酒店", SlotExtractor())
+    >>> check({"rewrite": "五百块以内的酒店"})
+    >>> check({"rewrite": "便宜点的酒店"})
+    Traceback (most recent call last):
+    ...
+    dataprep.llm.answers.OutputRejected: 改写改变或遗漏了原句中的条件；数字（价格、评分）及其含义、酒店名称、酒店类型和每一项设施都必须与原句一致，不得增加或删除 (slot_number_changed)
+    """
+    from dataprep.llm.answers import OutputRejected  # the LLM layer loads only when it is used
+
+    def check(answer: Any) -> None:
+        why = judge_rewrite(original, answer["rewrite"], extractor, params)
+        if why:
+            feedback = REWRITE_FEEDBACK.get(why[0], SLOT_FEEDBACK)
+            raise OutputRejected(f"{feedback} ({', '.join(why)})", reason=why[0])
+
+    return check
+
+
+def rejected_rewrite(answer: str | None) -> str | None:
+    """The ``rewrite`` string of an answer the checks rejected (evidence), or None.
+
+    >>> rejected_rewrite('{"rewrite": "便宜点的酒店"}'), rejected_rewrite("没有 JSON")
+    ('便宜点的酒店', None)
+    """
+    from dataprep.llm.answers import extract_json
+
+    try:
+        value = extract_json(answer or "")
+    except ValueError:
+        return None
+    rewrite = value.get("rewrite") if isinstance(value, dict) else None
+    return rewrite if isinstance(rewrite, str) else None
 
 
 def rules_hash(rules: Sequence[Rule] | None = None) -> str:

@@ -15,7 +15,7 @@ from dataprep.llm.budget import (
     estimate_prompt_tokens,
     estimate_tokens,
 )
-from dataprep.llm.fake_server import FakeChatServer
+from tests.support.fake_chat_server import FakeChatServer
 
 # With these prices one token costs exactly 1, and the fake server charges every "第i句" request
 # 2 prompt tokens (3 characters) + 2 completion tokens (the 3 characters reversed): 4 per request.

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -14,8 +17,8 @@ from typing import Any
 import pytest
 
 from dataprep.llm import LLMClient, LLMConfig, LLMRequest, OutputRejected
-from dataprep.llm.cache import CACHE_FILENAME, CachedAnswer, ResponseCache, cache_key
-from dataprep.llm.fake_server import FakeChatServer, Fault
+from dataprep.llm.cache import CACHE_FILENAME, CachedAnswer, CacheError, ResponseCache, cache_key
+from tests.support.fake_chat_server import FakeChatServer, Fault
 
 MESSAGES = [{"role": "system", "content": "改写"}, {"role": "user", "content": "今天天气很好"}]
 SCHEMA = {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}
@@ -67,7 +70,7 @@ def test_put_get_persist_across_reopen(tmp_path: Path) -> None:
 def test_cache_dir_that_is_a_file_is_explained(tmp_path: Path) -> None:
     target = tmp_path / "not-a-dir"
     target.write_text("x")
-    with pytest.raises(NotADirectoryError, match="point cache_dir at a folder"):
+    with pytest.raises(CacheError, match="point llm.cache_dir at a folder"):
         ResponseCache(target)
 
 
@@ -168,7 +171,7 @@ def test_second_run_is_served_entirely_from_cache(tmp_path: Path) -> None:
     assert [r.usage for r in second] == [r.usage for r in first]
 
 
-def test_only_validated_answers_are_cached(tmp_path: Path) -> None:
+def test_rejected_answers_are_replayed_on_a_rerun_not_paid_for_again(tmp_path: Path) -> None:
     def plan(info: Any) -> Fault | None:
         return Fault.off_schema() if "坏" in info.first_user else None
 
@@ -179,13 +182,30 @@ def test_only_validated_answers_are_cached(tmp_path: Path) -> None:
     with FakeChatServer(faults=plan) as server:
         with LLMClient(config(server, tmp_path)) as client:
             good, bad = client.complete_many_sync(reqs)
-            assert client.cache is not None and len(client.cache) == 1
-        assert good.ok and not bad.ok and bad.reason == "llm_off_schema"
+            # every answer received is stored: the good one, the bad one and its re-ask
+            assert client.cache is not None and len(client.cache) == 3
+        assert good.ok and not bad.ok and bad.reason == "llm_off_schema" and bad.reasks == 1
+        assert bad.rejected_text is not None and "source_chars" not in bad.rejected_text
         sent = len(server.log)
         with LLMClient(config(server, tmp_path)) as client:
             good2, bad2 = client.complete_many_sync(reqs)
-        assert good2.from_cache and not bad2.from_cache
-        assert len(server.log) == sent + 2  # the failed item is asked again (and re-asked)
+            stats = client.stats
+        assert len(server.log) == sent  # nothing answered before is sent again
+    assert good2.from_cache and bad2.from_cache
+    assert [good2.output_dict(), bad2.output_dict()] == [good.output_dict(), bad.output_dict()]
+    assert stats["cache_hits"] == 2 and stats["cache_replays"] == 3
+    assert stats["reasks"] == {"llm_off_schema": 1}  # the replayed re-ask is still counted
+
+
+def test_the_endpoint_is_part_of_the_key(tmp_path: Path) -> None:
+    # Same model name, same request, another server: another model, so no shared answers.
+    with FakeChatServer() as first, FakeChatServer() as second:
+        with LLMClient(config(first, tmp_path)) as client:
+            client.complete_many_sync(requests(2))
+        with LLMClient(config(second, tmp_path)) as client:
+            results = client.complete_many_sync(requests(2))
+        assert len(first.log) == 2 and len(second.log) == 2
+    assert not any(r.from_cache for r in results)
 
 
 def test_a_changed_parameter_misses_the_cache(tmp_path: Path) -> None:
@@ -207,10 +227,11 @@ def test_cached_answers_are_validated_again(tmp_path: Path) -> None:
             if not text.startswith("!"):
                 raise OutputRejected("must start with !")
 
-        with LLMClient(config(server, tmp_path, max_reasks=0)) as client:
+        with LLMClient(config(server, tmp_path, max_reasks=1)) as client:
             [new] = client.complete_many_sync(requests(1, schema=None), validator=stricter)
-        # the cached answer fails the new validator, so the item is asked again
+        # the cached answer fails the new validator, so the model is asked again (re-asked)
         assert old.ok and not new.from_cache and len(server.log) == 2
+        assert new.reasks == 1 and new.attempts == 1
         assert new.reason == "llm_invalid_output"
 
 
@@ -234,3 +255,79 @@ def test_count_answers_reads_without_creating(tmp_path) -> None:
         for i in range(3):
             cache.put(f"k{i}", CachedAnswer("t", 1, 1, "m", 0.0))
         assert count_answers(tmp_path) == len(cache) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# A cache that cannot be used: one line naming the file and what to do, never an sqlite traceback
+# ---------------------------------------------------------------------------------------------
+def test_a_file_that_is_not_sqlite_is_explained(tmp_path: Path) -> None:
+    (tmp_path / CACHE_FILENAME).write_bytes(b"this is not a database, just some text\n" * 50)
+    with pytest.raises(CacheError) as info:
+        ResponseCache(tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / CACHE_FILENAME) in message and "not an sqlite file" in message
+    assert "\n" not in message
+
+
+def test_a_folder_in_place_of_the_cache_file_is_explained(tmp_path: Path) -> None:
+    (tmp_path / CACHE_FILENAME).mkdir()
+    with pytest.raises(CacheError, match="is a folder, not a cache file; move it away"):
+        ResponseCache(tmp_path)
+
+
+def test_a_locked_cache_is_explained(tmp_path: Path) -> None:
+    ResponseCache(tmp_path).close()
+    other = sqlite3.connect(tmp_path / CACHE_FILENAME, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")  # another run in the middle of a write
+        with pytest.raises(CacheError, match="another process holds its lock"):
+            ResponseCache(tmp_path, busy_timeout_s=0.05)
+    finally:
+        other.close()
+    with ResponseCache(tmp_path) as cache:  # usable again once the other writer is gone
+        assert len(cache) == 0
+
+
+def _open_in_child(folder: Path, uid: int | None) -> tuple[int, str]:
+    """Open the cache in a forked child (as ``uid`` when given); (exit code, its message)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest machinery, report through the pipe and _exit
+        code = 0
+        try:
+            if uid is not None:
+                os.setgid(uid)
+                os.setuid(uid)
+            try:
+                ResponseCache(folder).close()
+                message = "opened"
+            except CacheError as exc:
+                message, code = str(exc), 3
+        except BaseException as exc:  # noqa: BLE001 - anything else is reported, not raised
+            message, code = f"{type(exc).__name__}: {exc}", 4
+        os.write(write_end, message.encode("utf-8"))
+        os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode("utf-8")
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), message
+
+
+def test_a_read_only_cache_is_explained() -> None:
+    # Root writes to read-only files regardless, so as root the cache is opened by a forked
+    # child that has dropped to the "nobody" user; the file and its folder are read-only.
+    folder = Path(tempfile.mkdtemp(prefix="ro-cache-"))
+    try:
+        with ResponseCache(folder) as cache:
+            cache.put("k", CachedAnswer("答", 1, 1, "m"))
+        for path in folder.iterdir():
+            path.chmod(0o444)
+        folder.chmod(0o555)
+        code, message = _open_in_child(folder, 65534 if os.geteuid() == 0 else None)
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
+    assert code == 3, message
+    assert str(folder / CACHE_FILENAME) in message and "set llm.cache_dir" in message
+    assert "\n" not in message

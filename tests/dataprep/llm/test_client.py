@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import random
@@ -16,6 +17,7 @@ import pytest
 
 from dataprep.llm import (
     REASONS,
+    LLMAuthError,
     LLMClient,
     LLMConfig,
     LLMRequest,
@@ -23,10 +25,11 @@ from dataprep.llm import (
     OutputRejected,
     extract_json,
     redact,
+    sdk_debug_logging,
 )
 from dataprep.llm.budget import estimate_prompt_tokens, estimate_tokens
-from dataprep.llm.client import backoff_delay, parse_retry_after
-from dataprep.llm.fake_server import FakeChatServer, Fault, RequestInfo
+from dataprep.llm.transport import Transport, backoff_delay, parse_retry_after
+from tests.support.fake_chat_server import FakeChatServer, Fault, RequestInfo
 
 SCHEMA = {
     "type": "object",
@@ -120,7 +123,7 @@ CATEGORIES: dict[str, tuple[Any, str | None, dict[str, int], int]] = {
     "alwaysoff": (lambda n: Fault.off_schema(), "llm_off_schema", {}, 2),
     "alwaysnonjson": (lambda n: Fault.non_json(), "llm_malformed_json", {}, 2),
     "bad400": (lambda n: Fault.http_error(400, "unsupported parameter"), "llm_http_4xx", {}, 0),
-    "auth401": (lambda n: Fault.http_error(401, "no such key"), "llm_http_4xx", {}, 0),
+    "auth401": (lambda n: Fault.http_error(401, "no such key"), "llm_auth_failed", {}, 0),
 }
 
 
@@ -183,13 +186,13 @@ def test_chaos_run_completes_and_counts_add_up() -> None:
 def test_retry_after_seconds_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     # The wait the client chose, read from the client rather than timed with a clock.
     waits: list[float] = []
-    choose = LLMClient._retry_delay
+    choose = Transport._retry_delay
 
-    def recorded(self: LLMClient, retry: int, wait_hint: float | None) -> float:
+    def recorded(self: Transport, retry: int, wait_hint: float | None) -> float:
         waits.append(choose(self, retry, wait_hint))
         return waits[-1]
 
-    monkeypatch.setattr(LLMClient, "_retry_delay", recorded)
+    monkeypatch.setattr(Transport, "_retry_delay", recorded)
     plan = {0: Fault.rate_limited("0.4")}
     with FakeChatServer(faults=plan) as server:
         config = fast_config(server, backoff_base_s=0.001, backoff_max_s=0.002)
@@ -299,7 +302,7 @@ def test_request_body_carries_sampling_params_schema_hint_and_json_mode() -> Non
         seen.append(info.body)
 
     with FakeChatServer(faults=plan) as server:
-        config = fast_config(server, temperature=0.2, extra_params={"top_k": 5}, seed=7)
+        config = fast_config(server, temperature=0.2, extra_params={"top_k": 5, "seed": 7})
         with LLMClient(config) as client:
             client.complete_many_sync(
                 [
@@ -402,6 +405,7 @@ def test_missing_key_for_a_remote_endpoint_says_what_to_do(
         ({"extra_params": {"stream": True}}, "may not set"),
         ({"temperature": 3.0}, r"\[0, 2\]"),
         ({"max_retries": -1}, ">= 0"),
+        ({"max_auth_failures": 0}, "1 stops at the first refused key"),
     ],
 )
 def test_config_rejects_bad_combinations(overrides: dict[str, Any], message: str) -> None:
@@ -449,23 +453,29 @@ def test_api_key_never_appears_in_logs_results_stats_cache_or_errors(
     caplog.set_level(logging.DEBUG)  # everything, the SDK and HTTP layers included
     wrong_key = "sk-wrong-key-9876543210-SECRET"
     outputs: list[str] = []
+    sdk_debug = io.StringIO()
     with FakeChatServer(api_key=KEY) as server:
         # 1. a good run: cache written, stats produced
         with LLMClient(fast_config(server, cache_dir=str(tmp_path)), api_key=KEY) as client:
             results = client.complete_many_sync([request("a", "你好"), request("b", "再见")])
             outputs += [repr(client), repr(client.config), json.dumps(client.stats)]
-            # any record logged anywhere while the client lives is masked
-            logging.getLogger("some.other.library").warning("header was Bearer %s", KEY)
+            # a record on one of our own loggers is masked, whoever formats it
+            logging.getLogger("dataprep.llm.client").warning("header was Bearer %s", KEY)
         assert all(r.ok for r in results)
-        # 2. a provider that echoes the wrong key back in its 401 message
-        with LLMClient(fast_config(server), api_key=wrong_key) as client:
+        # 2. a provider that echoes the wrong key back in its 401 message, with the SDK's own
+        # debug logging turned on through our switch
+        with (
+            sdk_debug_logging(sdk_debug),
+            LLMClient(fast_config(server), api_key=wrong_key) as client,
+        ):
             [failed] = client.complete_many_sync([request("c", "你好")])
             logging.getLogger("dataprep.test").error("detail: %s", failed.detail)
             outputs += [json.dumps(failed.to_dict()), json.dumps(client.stats)]
-    assert failed.reason == "llm_http_4xx"
+    assert failed.reason == "llm_auth_failed"
     assert "Incorrect API key provided: ***" in failed.detail
+    assert "HTTP Response: POST" in sdk_debug.getvalue()  # the SDK's debug lines did show
     outputs += [json.dumps(r.to_dict(), ensure_ascii=False) for r in results]
-    outputs.append(caplog.text)
+    outputs += [caplog.text, sdk_debug.getvalue()]
     outputs += [record.getMessage() for record in caplog.records]
     cache_bytes = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
     assert len(cache_bytes) > 0
@@ -474,6 +484,17 @@ def test_api_key_never_appears_in_logs_results_stats_cache_or_errors(
         for text in outputs:
             assert secret not in text
     assert "header was Bearer ***" in caplog.text
+
+
+def test_other_libraries_log_records_are_left_alone() -> None:
+    # Masking is scoped to our loggers: the process-wide record factory is not replaced.
+    factory = logging.getLogRecordFactory()
+    with LLMClient(LLMConfig(model="m", base_url="http://127.0.0.1:9/v1"), api_key=KEY):
+        assert logging.getLogRecordFactory() is factory
+        record = logging.getLogger("some.other.library").makeRecord(
+            "some.other.library", logging.INFO, __file__, 1, "token %s", (KEY,), None
+        )
+        assert record.getMessage() == f"token {KEY}"
 
 
 def test_redact_masks_only_real_secrets() -> None:
@@ -540,6 +561,8 @@ def test_fake_server_serves_both_paths_and_404s_others() -> None:
             if status == 200:
                 assert payload["choices"][0]["message"]["content"] == "ba"
                 assert payload["usage"]["total_tokens"] == 2
+        # the server logs an outcome after the last byte is sent, so the client can be first
+        assert server.wait_until(lambda s: all(e.outcome != "pending" for e in s.log), 10)
         assert [e.outcome for e in server.log] == ["ok", "ok"]
 
 
@@ -563,3 +586,51 @@ def test_cancellation_stops_in_flight_requests_promptly(tmp_path: Path) -> None:
             assert [e.finished for e in server.log] == [0.0] * 4
             assert client.cache is not None and client.cache.integrity_ok()
             assert len(client.cache) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# A refused key stops the run instead of failing every item one by one
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("status", [401, 403])
+def test_repeated_auth_failures_stop_the_run(status: int) -> None:
+    plan = (lambda info: Fault.http_error(403, "forbidden")) if status == 403 else None
+    with FakeChatServer(api_key=None if plan else KEY, faults=plan) as server:
+        config = fast_config(server, max_concurrency=1, max_auth_failures=3)
+        with (
+            LLMClient(config, api_key="sk-wrong-key-0000000000") as client,
+            pytest.raises(LLMAuthError) as info,
+        ):
+            client.complete_many_sync([request(f"r{i}", f"第{i}句") for i in range(20)])
+        assert len(server.log) == 3  # not 20: the run stopped at the third refusal
+    message = str(info.value)
+    assert f"refused authentication on 3 requests in a row (Error code: {status}" in message
+    assert "llm.api_key_env" in message and "sk-wrong-key" not in message
+
+
+def test_a_success_resets_the_auth_failure_count() -> None:
+    # A flaky auth proxy that refuses now and then is not a wrong key: only a run of
+    # consecutive refusals stops the run.
+    def plan(info: RequestInfo) -> Fault | None:
+        return Fault.http_error(401, "try again") if info.seq % 2 else None
+
+    config_overrides = {"max_concurrency": 1, "max_auth_failures": 2}
+    with FakeChatServer(faults=plan) as server, LLMClient(
+        fast_config(server, **config_overrides)
+    ) as client:
+        results = client.complete_many_sync([request(f"r{i}", f"第{i}句") for i in range(6)])
+        stats = client.stats
+    assert len(results) == 6 and stats["failures"] == {"llm_auth_failed": 3}
+
+
+def test_the_fake_server_ships_with_the_tests_not_the_package(repo_root: Path) -> None:
+    # What setuptools packs into the wheel, from the project's own package selection.
+    import tomllib
+    from setuptools import find_packages
+
+    pyproject = tomllib.loads((repo_root / "pyproject.toml").read_text(encoding="utf-8"))
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = find_packages(where=str(repo_root), include=include)
+    assert "dataprep.llm" in packages
+    assert not any(p.startswith("tests") for p in packages)
+    shipped = [p.name for pkg in packages for p in (repo_root / pkg.replace(".", "/")).glob("*.py")]
+    assert "fake_chat_server.py" not in shipped and "fake_server.py" not in shipped

@@ -32,11 +32,11 @@ from dataprep.corpora.hotel.hotel_db import HotelDB
 from dataprep.corpora.hotel.rewrite import REWRITE_SYSTEM_PROMPT, prompt_hash, user_turns
 from dataprep.corpora.hotel.tools import FACILITIES
 from dataprep.llm.cache import count_answers
-from dataprep.llm.fake_server import FakeChatServer, Fault, RequestInfo, first_user_message
 from dataprep.record import Conversation
 from dataprep.resources import Resources
 from dataprep.stages.augment import DISCARDED_FILE, Augment
 from dataprep.stages.base import RunContext, StageStats
+from tests.support.fake_chat_server import FakeChatServer, Fault, RequestInfo, first_user_message
 
 N_RECORDS = 30
 
@@ -183,7 +183,14 @@ def test_llm_rewrites_with_faults_and_slot_errors(records: list[Conversation], h
     # the client's stats are in the artifacts, and the faults were met and overcome
     stats = stats.artifacts["llm"]
     assert stats["items"] == stats["items_ok"] + stats["items_failed"]
-    assert set(stats["failures"]) == {"llm_http_4xx"}
+    slot_reasons = {"slot_number_changed", "slot_facility_dropped", "slot_name_dropped"}
+    assert set(stats["failures"]) == {"llm_http_4xx"} | slot_reasons
+    # the slot check ran inside the client: failing rewrites were re-asked before they failed
+    # (fewer re-asks than failures: a turn whose one re-ask went to a transient off-schema or
+    # prose answer fails on the slot check without another)
+    for reason in slot_reasons:
+        assert stats["failures"][reason] == turn_stats[f"failed:{reason}"]
+        assert 0 < stats["reasks"][reason] <= stats["failures"][reason]
     assert stats["retries"]["server_error"] and stats["retries"]["rate_limited"]
     assert stats["retries"]["connection"] and stats["reasks_total"] >= 2
     outcomes_seen = Counter(e.outcome for e in log)
@@ -241,7 +248,8 @@ def test_timeouts_are_retried(records: list[Conversation], hotel_db: HotelDB,
                            llm_config(server.base_url, timeout_s=0.5))
         assert Counter(e.outcome for e in server.log)["slow"] == 1
     assert stats.artifacts["llm"]["retries"]["timeout"] == 1
-    assert stats.artifacts["llm"]["failures"] == {}
+    # no item failed on the transport; the other turns only fail the slot check, if at all
+    assert not any(k.startswith("llm_") for k in stats.artifacts["llm"]["failures"])
     assert slow_turn in model.intent  # answered on the retry
 
 
@@ -259,6 +267,8 @@ def test_dry_run_sends_nothing(records: list[Conversation], hotel_db_path: Path,
 # -- kill midway, rerun -------------------------------------------------------------------------
 
 K_ANSWERED = 12
+# Server outcomes that deliver a chat completion to the client (rejected answers included).
+ANSWERED = ("ok", "non_json", "off_schema")
 
 
 def write_config(path: Path, lab_input: Path, db_path: Path, base_url: str) -> Path:
@@ -311,9 +321,11 @@ def test_kill_midway_and_rerun(tmp_path: Path, repo_root: Path, lab_train_path: 
             def settled(s: FakeChatServer) -> bool:
                 log = s.log
                 answered = sum(e.outcome == "ok" for e in log)
+                # every chat completion received is cached, rejected ones included
+                received = sum(e.outcome in ANSWERED for e in log)
                 return (answered >= K_ANSWERED and not any(e.outcome == "pending" for e in log)
                         and any(e.outcome == "held" for e in log)
-                        and count_answers(out / "llm_cache") == answered)
+                        and count_answers(out / "llm_cache") == received)
 
             assert server.wait_until(settled, 40), (tmp_path / "err1.txt").read_text()
             child.send_signal(signal.SIGKILL)
@@ -324,9 +336,12 @@ def test_kill_midway_and_rerun(tmp_path: Path, repo_root: Path, lab_train_path: 
                 child.wait()
         assert child.returncode != 0 and not (out / "manifest.json").exists()
         first_run = server.log
-        answered_bodies = {e.body_hash for e in first_run if e.outcome == "ok"}
-        answered_turns = {e.first_user for e in first_run if e.outcome == "ok"}
-        assert len(answered_turns) >= K_ANSWERED
+        answered_bodies = {e.body_hash for e in first_run if e.outcome in ANSWERED}
+        # turns whose item finished: an answer that passed, or a rejected one re-asked and
+        # answered again (max_reasks=1); a turn whose re-ask was held is resumed, not repeated
+        ok_count = Counter(e.first_user for e in first_run if e.outcome == "ok")
+        answered_turns = {t for t, n in ok_count.items() if model.intent.get(t) == "ok" or n >= 2}
+        assert sum(ok_count.values()) >= K_ANSWERED and answered_turns
 
         holding = False
         child = start(repo_root, config, out, tmp_path / "err2.txt")
@@ -361,3 +376,103 @@ def test_kill_midway_and_rerun(tmp_path: Path, repo_root: Path, lab_train_path: 
     assert sum(ops["rewrite_llm"].values()) == in_scope
     assert ops["rewrite_llm"].get("added", 0) == counts["added_by_op"].get("rewrite_llm", 0) > 0
     assert any(k.startswith("kept:") for k in ops["rewrite_llm"])
+
+
+# -- the slot check inside the client's re-ask loop -------------------------------------------
+
+def test_a_rewrite_failing_the_slot_check_is_reasked(records: list[Conversation],
+                                                     hotel_db_path: Path, tmp_path: Path) -> None:
+    # A record with exactly one user turn that states a price: the fake model changes that
+    # number on its first answer and gets it right once told why.
+    def priced(text: str) -> bool:
+        return re.search(r"\d+元", text) is not None
+
+    rec = next(r for r in records
+               if sum(priced(t.text) for t in user_turns(r.messages)) == 1)
+    bodies: list[dict[str, Any]] = []
+
+    def answer(body: dict[str, Any]) -> str:
+        bodies.append(body)
+        text = first_user_message(body)
+        first_try = len(body["messages"]) == 2  # system + user: no correction yet
+        if first_try and priced(text):
+            number = re.search(r"\d+(?=元)", text)
+            assert number is not None
+            text = text[: number.start()] + str(int(number.group()) + 100) + text[number.end():]
+        return json.dumps({"rewrite": "嗯，" + text}, ensure_ascii=False)
+
+    with FakeChatServer(answer=answer) as server:
+        result, ctx, stage_stats = run_stage([rec], tmp_path, hotel_db_path,
+                                             llm_config(server.base_url))
+    [child] = [r for r in result if r.lineage.parent_id == rec.id]
+    for turn in user_turns(rec.messages):
+        assert child.messages[turn.index].content == "嗯，" + turn.text  # the corrected rewrite
+    stats = stage_stats.artifacts["llm"]
+    assert stats["reasks"] == {"slot_number_changed": 1} and stats["reasks_total"] == 1
+    assert stats["failures"] == {} and stats["items_ok"] == stats["items"]
+    assert stage_stats["turns"]["rewrite_llm"] == {"ok": len(user_turns(rec.messages))}
+    # the re-ask carried the rejected answer and the reason back to the model
+    [reask] = [b for b in bodies if len(b["messages"]) > 2]
+    assert "slot_number_changed" in reask["messages"][-1]["content"]
+    assert not (tmp_path / DISCARDED_FILE).read_text(encoding="utf-8")
+
+
+# -- runs that must not end as a quiet success ------------------------------------------------
+
+def _cli_run(tmp_path: Path, lab_train_path: Path, db_path: Path, base_url: str,
+             capsys: pytest.CaptureFixture[str]) -> tuple[int, str, Path]:
+    from dataprep.cli import main
+
+    lab_input = tmp_path / "lab.jsonl"
+    lab_input.write_text("".join(
+        lab_train_path.read_text(encoding="utf-8").splitlines(True)[:12]), encoding="utf-8")
+    config = write_config(tmp_path / "run.yaml", lab_input, db_path, base_url)
+    out = tmp_path / "out"
+    code = main(["run", str(config), "--out", str(out), "--quiet"])
+    return code, capsys.readouterr().err, out
+
+
+def test_a_refused_key_stops_the_run_early(tmp_path: Path, lab_train_path: Path,
+                                           hotel_db_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-this-key-is-revoked-000")
+    with FakeChatServer(api_key="sk-the-right-key-123456") as server:
+        code, err, out = _cli_run(tmp_path, lab_train_path, hotel_db_path, server.base_url,
+                                  capsys)
+        sent = len(server.log)
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "refused authentication on 3 requests in a row (Error code: 401" in err
+    assert "sk-this-key-is-revoked" not in err
+    # stopped at the third refusal, give or take the requests already in flight (concurrency 4)
+    assert 3 <= sent <= 3 + 3
+    assert not (out / "manifest.json").exists()
+
+
+def test_a_run_whose_llm_requests_all_fail_exits_1(tmp_path: Path, lab_train_path: Path,
+                                                   hotel_db_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeChatServer(faults=lambda info: Fault.server_error(500)) as server:
+        code, err, out = _cli_run(tmp_path, lab_train_path, hotel_db_path, server.base_url,
+                                  capsys)
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    llm = manifest["artifacts"]["llm"]
+    assert llm["all_failed"] and llm["items"] > 0 and llm["items_ok"] == 0
+    assert code == 1
+    assert f"all {llm['items']} LLM requests failed (llm_server_error_exhausted " in err
+    assert "Traceback" not in err
+    # the splits are still complete: the originals are all there, nothing was added by the LLM
+    assert manifest["counts"]["added_by_op"].get("rewrite_llm", 0) == 0
+
+
+def test_a_corrupt_llm_cache_is_one_line(tmp_path: Path, lab_train_path: Path,
+                                         hotel_db_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "out" / "llm_cache" / "llm_cache.sqlite3"
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"\x00garbage, not sqlite\n" * 100)
+    with FakeChatServer() as server:
+        code, err, _ = _cli_run(tmp_path, lab_train_path, hotel_db_path, server.base_url, capsys)
+        assert server.log == []
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert str(cache) in err and "not an sqlite file" in err

@@ -1,14 +1,15 @@
 """An OpenAI-compatible chat-completions server on 127.0.0.1 with scripted faults.
 
 Tests and ``bench/bench_llm.py`` drive the real ``openai`` client against it, and it is handy for
-rehearsing a pipeline offline (``python -m dataprep.llm.fake_server --latency 0.2``).
+rehearsing a pipeline offline (``python -m tests.support.fake_chat_server --latency 0.2`` from
+the repository root). It lives under ``tests/`` so that it never ships in the wheel.
 
 Answers are a deterministic function of the *first* user message, so a request that needed a
 retry or a re-ask gets the same final answer as one that went through at once; that is what lets
 the resume test compare an interrupted-then-resumed run with an uninterrupted one byte for byte.
 
 Example:
-    >>> from dataprep.llm.fake_server import FakeChatServer, Fault
+    >>> from tests.support.fake_chat_server import FakeChatServer, Fault
     >>> plan = lambda info: Fault.server_error() if info.attempt == 0 else None
     >>> with FakeChatServer(faults=plan) as server:  # doctest: +SKIP
     ...     server.base_url  # 'http://127.0.0.1:40123/v1'
@@ -530,7 +531,7 @@ class FakeChatServer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve until Ctrl-C: ``python -m dataprep.llm.fake_server --port 8765 --latency 0.2``."""
+    """Serve until Ctrl-C: ``python -m tests.support.fake_chat_server --port 8765 --latency 0.2``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
