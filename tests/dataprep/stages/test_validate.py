@@ -317,3 +317,26 @@ def test_back_to_back_tool_calls_are_valid_but_a_call_answered_by_the_user_is_no
     assert role_order_problems(["user", "assistant", "tool", "tool", "assistant"]) == []
     (problem,) = role_order_problems(["user", "tool", "user", "assistant"])
     assert problem[0] == "tool_not_followed_by_assistant"
+
+
+# -- what a sample must end with ----------------------------------------------------------------
+@pytest.mark.parametrize("messages, reasons", [
+    # A trailing call is an assistant turn with loss: a complete sample.
+    ([{"role": "user", "content": "找酒店"},
+      {"role": "tool", "name": "search_hotels", "parameters": {}}], []),
+    ([{"role": "user", "content": "找酒店"}, {"role": "assistant", "content": "好"},
+      {"role": "user", "content": "谢谢"}], ["not_ending_with_assistant"]),
+    # Nothing trained at all: the only removal for "nothing to learn".
+    ([{"role": "user", "content": "找酒店"},
+      {"role": "assistant", "content": "好", "loss": False}], ["nothing_to_learn"]),
+    ([{"role": "user", "content": "找酒店"},
+      {"role": "tool", "name": "search_hotels", "parameters": {}, "loss": False},
+      {"role": "assistant", "content": "好"}], []),
+])
+def test_a_sample_needs_a_trained_turn_and_may_end_with_a_call(messages: list,
+                                                               reasons: list) -> None:
+    from dataprep.corpora.hotel.tools import LAB_SEARCH_HOTELS_TOOL
+    from dataprep.schema import output_problems
+
+    line = {"id": "x", "tools": [LAB_SEARCH_HOTELS_TOOL], "conversations": messages}
+    assert [p[0] for p in output_problems(line)] == reasons
