@@ -4,7 +4,7 @@ Before a split is committed, the writer checks that all its lines share one Arro
 file read as one block by ``pyarrow.json``, as ``datasets.load_dataset("json")`` reads it): a
 field that is a list on one line and a string on another (the lab's 172 ``facilities`` strings
 before normalisation) raises :class:`~dataprep.errors.SplitSchemaError` naming the split and
-the field, and no split is written.
+the field, and no split is written (option ``check_schema: false`` skips the check).
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ class WriteOptions(StageOptions):
     they let ``dataprep report`` trace every line back to its source)."""
 
     lineage: bool = True
+    #: Check that each split's lines share one Arrow schema (see the module docstring); false
+    #: writes splits of mixed shapes, which ``datasets.load_dataset("json")`` will refuse.
+    check_schema: bool = True
 
 
 class Write(Stage):
@@ -57,7 +60,8 @@ class Write(Stage):
                 yield rec
             for split, fh in handles.items():
                 fh.flush()
-                check_arrow_schema(writers[split].tmp_path, split)
+                if self.options.check_schema:
+                    check_arrow_schema(writers[split].tmp_path, split)
             ok = True
         finally:
             for w in writers.values():
