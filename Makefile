@@ -7,6 +7,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
+# LLaMA-Factory, isolated (--no-deps, its own folder, never imported by dataprep): the interop test
+# runs its data converter over our export. What that converter imports is already in the venv.
+LLAMAFACTORY := $(VENV)/llamafactory/.installed
 
 .PHONY: setup demo test lint bench clean
 
@@ -14,10 +17,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,ray]'
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+$(LLAMAFACTORY): $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps --target $(VENV)/llamafactory llamafactory==0.9.5
+	touch $@
 
 demo: setup
 	$(BIN)/dataprep run configs/spo.yaml --out out/spo
@@ -26,7 +33,7 @@ demo: setup
 	@echo
 	@echo "Splits, rejects, manifests and reports are under out/{spo,docqa,hotel}/"
 
-test: setup
+test: setup $(LLAMAFACTORY)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
 
 lint: setup

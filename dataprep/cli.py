@@ -31,14 +31,28 @@ def _err(msg: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from dataprep.config import load_config
     from dataprep.pipeline import Pipeline
+    from dataprep.progress import make_progress
 
+    if args.engine != "ray" and (args.ray_address or args.ray_cpus):
+        _err("dataprep run: --ray-address and --ray-cpus need --engine ray")
+        return EXIT_USAGE
     overrides = list(args.set or [])
     if args.strict:
         overrides.append("strict=true")
     if args.dry_run:
         overrides.append("llm.dry_run=true")
     cfg = load_config(args.config, overrides=overrides, out=args.out)
-    manifest = Pipeline(cfg).run(progress=not args.quiet)
+    if args.engine == "ray":
+        try:
+            from dataprep.ray_engine import RayPipeline
+        except ImportError as e:
+            _err(f"dataprep run: --engine ray needs Ray: pip install 'chatglm-dataprep[ray]' ({e})")
+            return EXIT_USAGE
+        pipeline: Pipeline = RayPipeline(cfg, address=args.ray_address, num_cpus=args.ray_cpus)
+    else:
+        pipeline = Pipeline(cfg)
+    verbosity = 0 if args.quiet else 1 + args.verbose
+    manifest = pipeline.run(progress=make_progress(verbosity=verbosity))
     counts = manifest["counts"]
     out = Path(manifest["outputs"]["train"]).parent
     print(f"{cfg.name}: {counts['input']} input, {sum(counts['rejected'].values())} rejected, "
@@ -57,6 +71,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             line += (f"; input {inp.get('leaked', 0)} of {inp['dev_test']} "
                      f"({100 * inp.get('rate', 0):.1f}%) as shipped")
         print(line)
+    checks = manifest.get("artifacts", {}).get("expectations")
+    if checks:
+        failed = checks.get("failed") or []
+        if not failed:
+            line = "all expectations passed"
+        else:
+            names = ", ".join(f"{f['corpus']}:{f['name']}" for f in failed[:4])
+            more = f" (+{len(failed) - 4} more)" if len(failed) > 4 else ""
+            verdict = "passed with warnings" if checks.get("critical_success") else "FAILED"
+            line = f"{verdict}: {names}{more}"
+        if checks.get("data_docs"):
+            line += f"; Data Docs {out / checks['data_docs']}"
+        print(f"  checks:   {line}")
     report = manifest.get("artifacts", {}).get("report")
     if report:
         print(f"  report:   {report}")
@@ -107,6 +134,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_DATA if problems else EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from dataprep.config import parse_override
+    from dataprep.export import export_run
+
+    options = dict(parse_override(item) for item in args.option or [])
+    report = export_run(args.run_dir, args.to, args.out, **options)
+    print(report.summary())
+    print(f"  report:   {report.out_dir}/export_report.json")
+    for note in report.notes:
+        print(f"  note:     {note}")
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     try:
         from dataprep.stages.report import rebuild_report
@@ -118,12 +158,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import dataprep
     from dataprep.registry import readers
 
     READERS = readers()
 
     p = _Parser(prog="dataprep", description="Turn raw Chinese corpora into clean, leak-free "
                 "ChatGLM3 tools/conversations splits.")
+    p.add_argument("--version", action="version",
+                   version=f"%(prog)s {dataprep.__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run a pipeline from a YAML config",
@@ -135,10 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set seed=7 "
                    "--set stages.split.ratios=[0.7,0.2,0.1] (repeatable)")
     r.add_argument("--strict", action="store_true", help="stop at the first rejected record")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress display or log lines on stderr (errors and the summary only)")
+    r.add_argument("-v", "--verbose", action="count", default=0,
+                   help="also one line per finished stage (records in/out, seconds) and per "
+                   "post-run step")
     r.add_argument("--dry-run", action="store_true",
                    help="make no LLM request: estimate requests, tokens and cost of the LLM ops "
                    "instead (the rest of the pipeline runs as usual)")
+    r.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: per-record stages and the duplicate "
+                   "search on Ray, same outputs")
+    r.add_argument("--ray-address", metavar="ADDR",
+                   help="a running Ray cluster (e.g. ray://head:10001 or auto); default: start a "
+                   "local Ray")
+    r.add_argument("--ray-cpus", type=int, metavar="N",
+                   help="CPUs of the local Ray (default: all of this machine)")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("convert", help="one corpus layout in, ChatGLM3 JSONL out",
@@ -164,6 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="schema name in schemas/ (default chatglm3: the output format, plus the "
                    "semantic rules)")
     v.set_defaults(func=cmd_validate)
+
+    from dataprep.export import EXPORTERS
+
+    e = sub.add_parser("export", help="write a finished run's splits in another training format",
+                       description="Read RUN_DIR/{train,dev,test}.jsonl and write them as FORMAT; "
+                       "what the target cannot express is counted and named in "
+                       "OUT/export_report.json (and printed).")
+    e.add_argument("run_dir", help="the run's output folder")
+    e.add_argument("--to", required=True, choices=sorted(EXPORTERS), metavar="FORMAT",
+                   help=f"target format: {', '.join(sorted(EXPORTERS))}")
+    e.add_argument("--out", help="output folder (default RUN_DIR/export/FORMAT)")
+    e.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="format option, e.g. --option call_style=official (repeatable)")
+    e.set_defaults(func=cmd_export)
 
     rp = sub.add_parser("report", help="rebuild the HTML report of a finished run",
                         description="Rebuild OUT/report/index.html from a finished run folder.")

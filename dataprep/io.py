@@ -174,10 +174,10 @@ class AtomicWriter:
         return self._fh
 
     @property
-    def tmp_path(self) -> Path:
-        """The file being written (valid inside the ``with``; flush the handle before reading)."""
+    def temp_path(self) -> str:
+        """Where the content goes until it is committed (inside the ``with`` block)."""
         assert self._tmp is not None
-        return Path(self._tmp)
+        return self._tmp
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         assert self._fh is not None and self._tmp is not None

@@ -139,6 +139,8 @@ class Matching:
     def __init__(self, config: MatchingConfig | None = None) -> None:
         self.config = config or MatchingConfig()
         self.input_leakage: dict[str, Any] | None = None
+        # The engine: find_duplicates, or the Ray one (same signature, same result).
+        self.find_duplicates = find_duplicates
         self._last: MatchResult | None = None
         self._near = True
 
@@ -154,8 +156,8 @@ class Matching:
         result = self._restrict(records, keys, guards) if near and self._near else None
         if result is None:
             stats: dict[str, Any] = {}
-            clustering = find_duplicates(keys, self.config.engine(near), guards=guards,
-                                         stats=stats)
+            clustering = self.find_duplicates(keys, self.config.engine(near), guards=guards,
+                                              stats=stats)
             result = MatchResult(records, keys, guards, clustering, stats)
             self._last, self._near = result, near
         if self.input_leakage is None:
@@ -198,7 +200,9 @@ class Matching:
         idx_arr = np.asarray(idx, dtype=np.int64)
         clustering = Clustering(kept=kept, roots=uf.roots(), exact_rep=np.arange(n, dtype=np.int64),
                                 key_hash=full.key_hash[idx_arr], similarity=similarity,
-                                edges=edges)
+                                edge_i=np.asarray([e[0] for e in edges], dtype=np.int64),
+                                edge_j=np.asarray([e[1] for e in edges], dtype=np.int64),
+                                edge_sim=np.asarray([e[2] for e in edges], dtype=np.float32))
         return MatchResult(records, keys, guards, clustering, {}, reused=True)
 
 

@@ -10,13 +10,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 import dataprep
 from dataprep.config import RunConfig
 from dataprep.errors import AccountingError, ConfigError
 from dataprep.io import sha256_file, write_json_atomic
 from dataprep.matching import Matching, matching_config
+from dataprep.progress import RunProgress, make_progress
 from dataprep.readers.base import Reader
 from dataprep.record import Conversation, Reject
 from dataprep.registry import is_post_run, reader_class, stage_class
@@ -33,7 +32,7 @@ from dataprep.stages.base import (
 from dataprep.stages.split import Split
 
 VERSIONED = ("datasets", "pandas", "jsonschema", "openai", "transformers", "torch", "peft",
-             "bitsandbytes", "great_expectations", "datasketch", "sentencepiece", "opencc",
+             "bitsandbytes", "great_expectations", "rensa", "sentencepiece", "opencc",
              "pyyaml")
 
 
@@ -89,12 +88,10 @@ def build_stages(specs: list[dict[str, Any]],
     return stages, post
 
 
-def read_all(readers: list[Reader], ctx: RunContext, progress: bool = True) -> Iterator[Conversation]:
+def read_all(readers: list[Reader], ctx: RunContext) -> Iterator[Conversation]:
     """Count every input record once, route rejects to the context, yield conversations."""
     for reader in readers:
         items: Iterable[Conversation | Reject] = reader.read()
-        if progress:
-            items = tqdm(items, desc=f"read {Path(reader.source).name}", unit="rec", leave=False)
         for item in items:
             ctx.count_input()
             if isinstance(item, Reject):
@@ -117,27 +114,38 @@ class Pipeline:
         self.resources = build_resources(config)
         self.stages, self.post_run = build_stages(config.stages, self.resources)
 
-    def run(self, out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    def run(self, out_dir: str | Path | None = None,
+            progress: bool | RunProgress = True) -> dict[str, Any]:
+        """``progress``: True for the default display on stderr (see :mod:`dataprep.progress`),
+        False for none, or a :class:`RunProgress` of the caller's."""
+        if not isinstance(progress, RunProgress):
+            progress = make_progress(verbosity=1 if progress else 0)
+        try:
+            return self._run(out_dir, progress)
+        finally:
+            progress.close()
+
+    def _run(self, out_dir: str | Path | None, progress: RunProgress) -> dict[str, Any]:
         out = Path(out_dir or self.config.out or f"out/{self.config.name}")
         out.mkdir(parents=True, exist_ok=True)
         ctx = RunContext(out, seed=self.config.seed, strict=self.config.strict)
         started = time.time()
-        stream: Iterable[Conversation] = timed("read", read_all(self.readers, ctx, progress), ctx)
-        for position, stage in enumerate(self.stages, start=1):
-            stream = timed(stage.name, stage.run(stream, ctx), ctx)
-            if progress:
-                # One bar per stage: streaming stages advance together, and after a stage that
-                # needs every record (split, dedup) the later bars show where the time goes.
-                stream = tqdm(stream, desc=stage.name, unit="rec", leave=False,
-                              position=position, mininterval=0.5)
-        for _ in stream:
-            pass
+        try:
+            for _ in self.stream(ctx, progress):
+                pass
+        except BaseException:
+            ctx.discard_rejects()
+            raise
         ctx.write_rejects()
         finish_seconds: dict[str, float] = {}
         for stage in self.stages:
             t0 = time.perf_counter()
             ctx.current_stage = stage.name
-            stage.finish(ctx)
+            if type(stage).finish is Stage.finish:  # nothing to show for a no-op hook
+                stage.finish(ctx)
+            else:
+                with progress.step(stage.name):
+                    stage.finish(ctx)
             finish_seconds[stage.name] = time.perf_counter() - t0
         left, right = ctx.counts.balance()
         if left != right:
@@ -146,10 +154,20 @@ class Pipeline:
                 f"train + dev + test = {right}; a stage dropped records without a reason")
         manifest = self.manifest(ctx, out, started, finish_seconds)
         write_json_atomic(out / "manifest.json", manifest)
-        self.run_post_steps(out, manifest)
+        self.run_post_steps(out, manifest, progress)
         return manifest
 
-    def run_post_steps(self, out: Path, manifest: dict[str, Any]) -> None:
+    def stream(self, ctx: RunContext, progress: RunProgress) -> Iterable[Conversation]:
+        """The records coming out of the last stage (the engine's part: :mod:`dataprep.ray_engine`
+        runs the same stages on a Ray cluster)."""
+        stream: Iterable[Conversation] = progress.track(
+            "read", timed("read", read_all(self.readers, ctx), ctx))
+        for stage in self.stages:
+            stream = progress.track(stage.name, timed(stage.name, stage.run(stream, ctx), ctx))
+        return stream
+
+    def run_post_steps(self, out: Path, manifest: dict[str, Any],
+                       progress: RunProgress | None = None) -> None:
         """Each post-run step once, in config order. A failing step (expectations) does not stop
         the later ones (the report explains the failure); the first error is raised after."""
 
@@ -157,13 +175,15 @@ class Pipeline:
             _merge_artifacts(manifest["artifacts"], _plain(stats.artifacts))
             write_json_atomic(out / "manifest.json", manifest)
 
+        progress = progress or make_progress(verbosity=0)
         split = next(s for s in self.stages if isinstance(s, Split))
         run = FinishedRun(out, manifest, split.ratios, publish)
         first_error: BaseException | None = None
         for step in self.post_run:
             t0 = time.perf_counter()
             try:
-                step.run(run)
+                with progress.step(step.name):
+                    step.run(run)
             except Exception as e:  # noqa: BLE001 - re-raised below
                 first_error = first_error or e
             manifest["seconds"]["post_run"][step.name] = round(time.perf_counter() - t0, 4)

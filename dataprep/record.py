@@ -45,7 +45,13 @@ MISSING: Any = _Missing()
 
 @dataclass
 class Message:
-    """One turn. ``content`` for text roles; ``name``/``parameters``/``observation`` for ``tool``."""
+    """One turn. ``content`` for text roles; ``name``/``parameters``/``observation`` for ``tool``.
+
+    ``parallel`` (tool messages only) marks a call issued in the same assistant turn as the tool
+    message right before it (OpenAI/GLM-4 parallel calls). ChatGLM3 has one call per assistant
+    turn, so such a group is written as consecutive tool messages, each with its own observation,
+    and a ChatGLM3 model learns them as back-to-back calls; the flag lets exports regroup them.
+    """
 
     role: str
     content: str | None = None
@@ -53,6 +59,7 @@ class Message:
     parameters: dict[str, Any] | None = None
     observation: Any = MISSING
     loss: bool | None = None
+    parallel: bool | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -68,12 +75,16 @@ class Message:
             raise ValueError(
                 f"a {self.role} message needs 'content' as a string, got {type(self.content).__name__}"
             )
+        if self.parallel is not None and (self.role != "tool" or not isinstance(self.parallel, bool)):
+            raise ValueError("'parallel' is a true/false flag of tool messages only")
 
     def to_dict(self) -> dict[str, Any]:
         if self.role == "tool":
             d: dict[str, Any] = {"role": "tool", "name": self.name, "parameters": self.parameters}
             if self.observation is not MISSING:
                 d["observation"] = self.observation
+            if self.parallel:
+                d["parallel"] = True
         else:
             d = {"role": self.role, "content": self.content}
         if self.loss is not None:
@@ -96,6 +107,7 @@ class Message:
                 parameters=d.get("parameters"),
                 observation=d.get("observation", MISSING),
                 loss=loss,
+                parallel=d.get("parallel"),
             )
         return cls(role=role, content=d.get("content"), loss=loss)  # type: ignore[arg-type]
 

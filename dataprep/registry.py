@@ -15,6 +15,9 @@ from dataprep.errors import ConfigError
 # (dataprep.corpora).
 FORMAT_READERS: dict[str, str] = {
     "chatglm3": "dataprep.readers.chatglm3:ChatGLM3Reader",
+    "sharegpt": "dataprep.readers.sharegpt:ShareGPTReader",
+    "openai_chat": "dataprep.readers.openai_chat:OpenAIChatReader",
+    "glm4": "dataprep.readers.glm4:GLM4Reader",
 }
 
 

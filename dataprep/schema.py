@@ -86,6 +86,7 @@ def semantic_problems(record: dict[str, Any]) -> list[tuple[str, str, str]]:
     - a tool message names a tool listed in ``tools`` and its parameters satisfy that tool's
       ``parameters`` schema;
     - a system message only comes first;
+    - a tool message marked ``parallel`` follows another tool message (its group's first call);
     - the conversation has a user turn and ends with an assistant turn or a tool call (in
       ChatGLM3's format a call is an assistant turn with loss: a sample ending with one trains the
       call); a sample ending on a user or observation turn has nothing to learn at its end;
@@ -106,6 +107,10 @@ def semantic_problems(record: dict[str, Any]) -> list[tuple[str, str, str]]:
         if role == "system" and i != 0:
             problems.append(("misplaced_system", f"/conversations/{i}",
                              "a system message may only come first"))
+        if role == "tool" and m.get("parallel") and (
+                i == 0 or not isinstance(msgs[i - 1], dict) or msgs[i - 1].get("role") != "tool"):
+            problems.append(("parallel_call_alone", f"/conversations/{i}/parallel",
+                             "a call marked parallel must follow another tool message"))
         if role == "tool":
             name = m.get("name")
             if name not in by_name:

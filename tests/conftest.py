@@ -50,3 +50,17 @@ def tokenizer_dir(corpora: Path) -> Path:
 @pytest.fixture(scope="session")
 def hotel_db_path(corpora: Path) -> Path:
     return corpora / "crosswoz" / "database" / "hotel_db.json"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray (2 CPUs, no dashboard) shared by every test that needs one: Ray takes seconds
+    to start, so it starts once per test session (per xdist worker) and stops at the end."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install .[ray])")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             ignore_reinit_error=True)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()

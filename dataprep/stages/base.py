@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 from dataprep.errors import ConfigError, StrictModeError
 from dataprep.io import AtomicWriter, dumps
@@ -68,7 +68,10 @@ class RunContext:
         self.strict = strict
         self.counts = Counts()
         self.timings: dict[str, float] = Counter()
-        self.rejects: list[Reject] = []
+        # Rejects go to OUT/rejects.jsonl as they happen (a temp file, renamed by
+        # write_rejects): a run never holds them with their records in memory.
+        self._rejects_writer: AtomicWriter | None = None
+        self._rejects_fh: IO[str] | None = None
         # The stage whose code is running right now (maintained by ``timed``), so that an
         # addition is credited to the stage that made it.
         self.current_stage = "read"
@@ -85,7 +88,7 @@ class RunContext:
             self.counts.rejected[rej.reason] += 1
             if self.strict:
                 raise StrictModeError(f"{rej.location()}: {rej.message} [{rej.reason}]")
-        self.rejects.append(rej)
+        self._rejects_file().write(dumps(rej.to_dict()) + "\n")
 
     def reject_record(self, rec: Conversation, reason: str, message: str, *, stage: str,
                       kind: str = "rejected", kept_id: str | None = None) -> None:
@@ -104,12 +107,34 @@ class RunContext:
         self.counts.added_by_stage[self.current_stage] += 1
         return rec
 
+    def _rejects_file(self) -> IO[str]:
+        if self._rejects_fh is None:
+            self._rejects_writer = AtomicWriter(self.out_dir / "rejects.jsonl")
+            self._rejects_fh = self._rejects_writer.__enter__()
+        return self._rejects_fh
+
+    @property
+    def rejects(self) -> list[Reject]:
+        """The rejects so far, read back from the file being written (for tests and tools)."""
+        if self._rejects_fh is None or self._rejects_writer is None:
+            return []
+        self._rejects_fh.flush()
+        with open(self._rejects_writer.temp_path, encoding="utf-8") as fh:
+            return [Reject(**json.loads(line)) for line in fh]
+
     def write_rejects(self) -> Path:
-        path = self.out_dir / "rejects.jsonl"
-        with AtomicWriter(path) as fh:
-            for rej in self.rejects:
-                fh.write(dumps(rej.to_dict()) + "\n")
-        return path
+        """Commit ``rejects.jsonl`` (empty when nothing was rejected)."""
+        self._rejects_file()
+        assert self._rejects_writer is not None
+        self._rejects_writer.__exit__(None, None, None)
+        self._rejects_writer = self._rejects_fh = None
+        return self.out_dir / "rejects.jsonl"
+
+    def discard_rejects(self) -> None:
+        """Drop the rejects file being written (the run failed: the previous file stays)."""
+        if self._rejects_writer is not None:
+            self._rejects_writer.__exit__(RuntimeError, None, None)
+            self._rejects_writer = self._rejects_fh = None
 
 
 class StageStats(dict):

@@ -127,7 +127,7 @@ class Dedup(Stage):
             "num_perm": cfg.num_perm,
             "fields": cfg.fields,
             "records_in": len(recs),
-            "near_pairs_verified": len(result.edges),
+            "near_pairs_verified": int(result.edge_i.size),
             "lsh_candidates": engine.get("candidates", 0),
             "lsh_bands_rows": [engine.get("lsh_bands"), engine.get("lsh_rows")],
             "components": len(result.components()),

@@ -20,8 +20,14 @@ Expectations (name, default severity; any list in ``critical`` replaces the defa
   ``tool_call_rate`` bounds, declared by each corpus package (hotel 0.5–1.0: a hotel set without
   calls means a broken reader; spo/docqa exactly 0);
 - ``split_share_train|dev|test`` (warning): each split's share of the corpus is within
-  ``split_tolerance`` (+ one record) of the split stage's ratios; upsampled copies are left
-  out (``row_condition``), since balancing after the split enlarges train on purpose.
+  ``split_tolerance`` (+ one record) of the split stage's ratios, judged on the records the
+  split stage divided: derived records (augmentation, upsampled copies: anything with a parent)
+  are left out (``row_condition``), since augmenting and balancing train after the split
+  enlarge it on purpose.
+
+``data_docs`` (default true) builds the Data Docs site, rewritten to work offline and to agree
+with the run's verdict (:mod:`dataprep.reporting.datadocs`); false runs the suites in memory and
+writes no ``gx/`` folder.
 
 ``fail_on``: ``critical`` (default) makes the run fail with :class:`ExpectationError` when a
 critical expectation fails, ``any`` on any failure, ``never`` only records. The error is raised
@@ -95,7 +101,8 @@ def _row(d: dict[str, Any], split: str, tokenizer: Any) -> dict[str, Any]:
         "max_chars": max((len(t) for t in texts), default=0),
         "total_chars": sum(len(t) for t in texts),
         "has_tool_call": int("tool" in roles),
-        "is_copy": int("balance_upsample" in ops),
+        "is_derived": int(bool((d.get("lineage") or {}).get("parent_id"))
+                       or "balance_upsample" in ops),
         **{f"is_{s}": int(s == split) for s in SPLITS},
     }
     if tokenizer is not None:
@@ -108,7 +115,8 @@ class ExpectationsOptions(StageOptions):
     """``fail_on`` (critical|any|never), ``critical`` (names; default in the module docstring),
     ``max_chars`` (default 32768), ``max_tokens`` (default 8192, the ChatGLM3 context),
     ``tool_call_rate`` (corpus -> [low, high], merged over the defaults), ``split_tolerance``
-    (absolute share, default 0.05), ``ratios`` (default: the split stage's)."""
+    (absolute share, default 0.05), ``ratios`` (default: the split stage's), ``data_docs``
+    (default true: build the offline Data Docs; false: suites in memory, no ``gx/``)."""
 
     fail_on: str = "critical"
     critical: list[str] | None = None
@@ -117,6 +125,7 @@ class ExpectationsOptions(StageOptions):
     tool_call_rate: dict[str, list[float]] | None = None
     split_tolerance: float = 0.05
     ratios: list[float] | None = None
+    data_docs: bool = True
 
     def __post_init__(self) -> None:
         if self.fail_on not in FAIL_ON:
@@ -156,6 +165,7 @@ class Expectations(PostRunStep):
         self.tool_call_rate = {k: list(v) for k, v in rates.items()}
         self.split_tolerance = float(o.split_tolerance)
         self.ratios = list(o.ratios) if o.ratios is not None else None
+        self.data_docs = bool(o.data_docs)
 
     def run(self, run: FinishedRun) -> None:
         """Validate the written splits and build the Data Docs; raise when the run must fail."""
@@ -179,7 +189,8 @@ class Expectations(PostRunStep):
         raise ExpectationError(
             f"{len(bad)} {'critical ' if self.fail_on == 'critical' else ''}expectation(s) "
             f"failed on the final splits: {lines}{more}. The splits are written; see "
-            f"{out_dir / result['data_docs']} (set expectations.fail_on: never to accept)")
+            f"{out_dir / (result.get('data_docs') or 'manifest.json')} "
+            "(set expectations.fail_on: never to accept)")
 
     # -- the suites ----------------------------------------------------------------------------
     def validate(self, out_dir: str | Path, ratios: list[float],
@@ -187,15 +198,18 @@ class Expectations(PostRunStep):
         """Run the suites on ``out_dir``'s splits; returns the artifact dict (see module doc)."""
         import pandas as pd
 
+        from dataprep.reporting import datadocs
+
         out = Path(out_dir)
         rows = sample_rows(out, tokenizer)
         frames: dict[str, Any] = {}
         if rows:
             df = pd.DataFrame(rows)
-            frames = {corpus: part.reset_index(drop=True)
+            # Escaped before GX sees it: its renderers write values into the pages unescaped.
+            frames = {corpus: datadocs.escape_frame(part.reset_index(drop=True))
                       for corpus, part in df.groupby("corpus", sort=True)}
         with _quiet_gx():
-            context = _fresh_context(out)
+            context = _fresh_context(out, self.data_docs)
             suites: dict[str, Any] = {}
             failed: list[dict[str, Any]] = []
             for corpus, frame in frames.items():
@@ -203,7 +217,14 @@ class Expectations(PostRunStep):
                                                  tokenizer is not None)
                 suites[corpus] = summary
                 failed.extend(fails)
-            context.build_data_docs()
+            site = None
+            if self.data_docs:
+                context.build_data_docs()
+                verdicts = {f"dataprep_{re.sub(r'[^A-Za-z0-9_]', '_', c)}": {
+                    "success": not any(f["corpus"] == c for f in failed),
+                    "critical_success": not any(f["corpus"] == c and f["critical"]
+                                                for f in failed)} for c in suites}
+                site = datadocs.finish_site(out / "gx", verdicts)
         return {
             "success": not failed,
             "critical_success": not any(f["critical"] for f in failed),
@@ -211,7 +232,8 @@ class Expectations(PostRunStep):
             "failed": failed,
             "suites": suites,
             "rows": len(rows),
-            "data_docs": DATA_DOCS.as_posix(),
+            "data_docs": DATA_DOCS.as_posix() if self.data_docs else None,
+            "data_docs_site": site,
         }
 
     def _expectations(self, corpus: str, frame: Any, ratios: list[float],
@@ -259,14 +281,14 @@ class Expectations(PostRunStep):
             exps.append(gxe.ExpectColumnMeanToBeBetween(
                 column="has_tool_call", min_value=lo, max_value=hi,
                 severity=sev("tool_call_rate"), meta=meta("tool_call_rate")))
-        originals = int((frame["is_copy"] == 0).sum())
+        originals = int((frame["is_derived"] == 0).sum())
         slack = self.split_tolerance + (1.0 / originals if originals else 0.0)
         for split, ratio in zip(SPLITS, ratios, strict=True):
             name = f"split_share_{split}"
             exps.append(gxe.ExpectColumnMeanToBeBetween(
                 column=f"is_{split}", min_value=max(0.0, round(ratio - slack, 6)),
                 max_value=min(1.0, round(ratio + slack, 6)),
-                row_condition="is_copy == 0", condition_parser="pandas",
+                row_condition="is_derived == 0", condition_parser="pandas",
                 severity=sev(name), meta=meta(name, configured_ratio=round(ratio, 6))))
         return exps
 
@@ -310,12 +332,15 @@ class Expectations(PostRunStep):
         return summary, json.loads(json.dumps(fails, default=_jsonable))
 
 
-def _fresh_context(out: Path) -> Any:
-    """A new file-backed context in ``out/gx``: the Data Docs must show this run only."""
+def _fresh_context(out: Path, file_backed: bool = True) -> Any:
+    """A new file-backed context in ``out/gx`` (the Data Docs must show this run only), or an
+    in-memory one when no Data Docs are wanted."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     shutil.rmtree(out / "gx", ignore_errors=True)
+    if not file_backed:
+        return gx.get_context(mode="ephemeral")
     context = gx.get_context(mode="file", project_root_dir=str(out))
     context.variables.progress_bars = ProgressBarsConfig(globally=False,
                                                          metric_calculations=False)
@@ -342,8 +367,10 @@ def _observed(result: dict[str, Any], exception_info: Any) -> Any:
         return {"exception": exception_info.get("exception_message")}
     if "observed_value" in result:
         return result["observed_value"]
-    return {k: result.get(k) for k in ("element_count", "unexpected_count",
-                                       "partial_unexpected_list") if k in result}
+    from dataprep.reporting.datadocs import unescape
+
+    return {k: unescape(result.get(k)) for k in ("element_count", "unexpected_count",
+                                                 "partial_unexpected_list") if k in result}
 
 
 def _summary(kind: str, kwargs: dict[str, Any], result: dict[str, Any], exc: Any) -> str:
@@ -357,7 +384,10 @@ def _summary(kind: str, kwargs: dict[str, Any], result: dict[str, Any], exc: Any
             observed = round(observed, 4)
         return (f"{col}: observed {str(observed)[:40]}, expected between "
                 f"{kwargs.get('min_value')} and {kwargs.get('max_value')}")
-    examples = ", ".join(repr(v)[:40] for v in (result.get("partial_unexpected_list") or [])[:3])
+    from dataprep.reporting.datadocs import unescape
+
+    examples = ", ".join(repr(unescape(v))[:40]
+                         for v in (result.get("partial_unexpected_list") or [])[:3])
     return (f"{col}: {result.get('unexpected_count')} of {result.get('element_count')} values "
             f"unexpected (e.g. {examples})")
 

@@ -121,7 +121,7 @@ def decontaminate(records: list[Conversation], assignment: dict[str, str], keys:
             assignment[gid] = target
         frozen.update(gids)
     return {"moved_records": moved_records, "moved_clusters": moved_clusters,
-            "near_pairs_verified": len(result.edges), "examples": examples,
+            "near_pairs_verified": int(result.edge_i.size), "examples": examples,
             "components": roots, "frozen": frozen, "left": left}
 
 

@@ -1,4 +1,5 @@
-"""``write``: the three ChatGLM3 JSONL splits, each validated line by line, written atomically.
+"""``write``: the three ChatGLM3 JSONL splits, each validated line by line, written atomically;
+optionally the same splits exported to other training formats (``dataprep.export``).
 
 Before a split is committed, the writer checks that all its lines share one Arrow schema (the
 file read as one block by ``pyarrow.json``, as ``datasets.load_dataset("json")`` reads it): a
@@ -10,8 +11,9 @@ the field, and no split is written (option ``check_schema: false`` skips the che
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dataprep import schema
 from dataprep.errors import SplitSchemaError
@@ -24,12 +26,20 @@ from dataprep.stages.split import SPLITS
 @dataclass
 class WriteOptions(StageOptions):
     """``lineage``: also write id/lineage/label keys (the official loaders ignore extra keys, and
-    they let ``dataprep report`` trace every line back to its source)."""
+    they let ``dataprep report`` trace every line back to its source).
+    ``formats``: also export the splits to ``OUT/export/FORMAT``; a list of format names
+    (llamafactory, openai, glm4, hf, chatglm3) or of ``{name: FORMAT, OPTION: VALUE}``."""
 
     lineage: bool = True
     #: Check that each split's lines share one Arrow schema (see the module docstring); false
     #: writes splits of mixed shapes, which ``datasets.load_dataset("json")`` will refuse.
     check_schema: bool = True
+    formats: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from dataprep.export import parse_formats
+
+        parse_formats(self.formats)  # an unknown format fails the config, not the end of a run
 
 
 class Write(Stage):
@@ -40,7 +50,11 @@ class Write(Stage):
     options: WriteOptions
 
     def run(self, records: Iterable[Conversation], ctx: RunContext) -> Iterator[Conversation]:
+        from dataprep.export import parse_formats
+
+        formats = parse_formats(self.options.formats)
         writers = {s: AtomicWriter(ctx.out_dir / f"{s}.jsonl") for s in SPLITS}
+        kept: dict[str, list[Conversation]] = {s: [] for s in SPLITS}
         handles = {s: w.__enter__() for s, w in writers.items()}
         ok = False
         try:
@@ -57,15 +71,25 @@ class Write(Stage):
                     continue
                 handles[rec.split].write(dumps(line) + "\n")
                 ctx.counts.splits[rec.split] += 1
+                if formats:
+                    kept[rec.split].append(rec)
                 yield rec
             for split, fh in handles.items():
                 fh.flush()
                 if self.options.check_schema:
-                    check_arrow_schema(writers[split].tmp_path, split)
+                    check_arrow_schema(Path(writers[split].temp_path), split)
             ok = True
         finally:
             for w in writers.values():
                 w.__exit__(None if ok else RuntimeError, None, None)
+        if formats:
+            from dataprep.export import export_splits
+
+            exports = self.stats.artifacts.setdefault("exports", {})
+            for fmt, options in formats:
+                rep = export_splits(fmt, kept, ctx.out_dir / "export" / fmt, **options)
+                exports[fmt] = {"out_dir": rep.out_dir, "written": dict(rep.written),
+                                "dropped": dict(rep.dropped), "changed": dict(rep.changed)}
 
 
 def check_arrow_schema(path: Path, split: str) -> None:

@@ -111,7 +111,8 @@ def test_flags_are_counted_and_shown(real_runs: dict[str, Path]) -> None:
 
 
 def test_the_report_lists_each_flag_reason_with_examples(real_runs: dict[str, Path]) -> None:
-    from dataprep.stages.report import flag_rows, rebuild_report
+    from dataprep.reporting.flags import flag_rows
+    from dataprep.stages.report import rebuild_report
 
     out = real_runs["hotel_lab"]
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))

@@ -173,10 +173,11 @@ def test_lab_pipeline_finds_duplicates_and_leaks_and_writes_none(corpora: Path,
     stats = manifest["stage_stats"]["dedup"]
     assert stats["records_in"] == 1803
     assert stats["exact_copies"] == 27  # 23 inside train, 4 dev records copy train ones
-    assert stats["exact_removed"] >= 20 and stats["near_removed"] > 50
+    assert stats["exact_removed"] >= 19 and stats["near_removed"] > 50
     leak_in = manifest["artifacts"]["leakage"]["input"]
-    assert (leak_in["leaked"], leak_in["dev_test"], leak_in["exact"]) == (25, 201, 4)
-    assert leak_in["rate"] == pytest.approx(0.1244)
+    # 24 of 201 (25 with datasketch's affine32 signatures, which estimate ~1 point high).
+    assert (leak_in["leaked"], leak_in["dev_test"], leak_in["exact"]) == (24, 201, 4)
+    assert leak_in["rate"] == pytest.approx(0.1194)
     leak_out = manifest["artifacts"]["leakage"]["output"]
     assert (leak_out["rate"], leak_out["leaked"], leak_out["dev_test_pairs"]) == (0.0, 0, 0)
 
@@ -238,9 +239,9 @@ def test_hotel_reader_pipeline_still_finds_leaks_and_writes_none(corpora: Path, 
                             "stages": ["dedup", "split", "write"]})
     manifest = Pipeline(cfg).run(tmp_path, progress=False)
     stats = manifest["stage_stats"]["dedup"]
-    assert stats["exact_removed"] + stats["near_removed"] == 45
+    assert stats["exact_removed"] + stats["near_removed"] == 43
     leak = manifest["artifacts"]["leakage"]
-    assert (leak["input"]["leaked"], leak["input"]["dev_test"]) == (8, 201)
+    assert (leak["input"]["leaked"], leak["input"]["dev_test"]) == (6, 201)
     assert leak["output"]["leaked"] == 0 and leak["output"]["dev_test_pairs"] == 0
     where: dict[str, str] = {}
     for split in ("train", "dev", "test"):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import shutil
 from collections import Counter
 from html.parser import HTMLParser
@@ -15,6 +17,7 @@ from dataprep.cli import main
 from dataprep.config import config_from_dict
 from dataprep.errors import InputError
 from dataprep.pipeline import Pipeline
+from dataprep.reporting.fonts import find_cjk_font
 from dataprep.stages.report import rebuild_report
 
 
@@ -24,14 +27,14 @@ class _Page(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.data: dict[str, dict[str, str]] = {}
-        self.images: list[str] = []
+        self.images: dict[str, str] = {}  # data-chart name -> src
         self.links: list[str] = []
         self._open: list[tuple[str, str]] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         d = dict(attrs)
         if tag == "img":
-            self.images.append(d["src"] or "")
+            self.images[d.get("data-chart") or "?"] = d["src"] or ""
         if tag == "a" and d.get("href"):
             self.links.append(d["href"] or "")
         self._open = [(k[5:], v or "") for k, v in attrs if k.startswith("data-")]
@@ -44,6 +47,13 @@ class _Page(HTMLParser):
 
     def handle_endtag(self, tag: str) -> None:
         self._open = []
+
+
+def glyph_ids(svg: str, text: str) -> list[str]:
+    """The glyph ids matplotlib used to draw ``text`` (it writes the text as a comment first)."""
+    start = svg.index(f"<!-- {text} -->")
+    end = svg.index("</g>", start)
+    return re.findall(r'<use xlink:href="#([^"]+)"', svg[start:end])
 
 
 def _parse(path: Path) -> _Page:
@@ -101,12 +111,21 @@ def test_counts_on_the_page_match_the_manifest(run: tuple[Path, dict[str, Any]])
 def test_every_chart_exists(run: tuple[Path, dict[str, Any]]) -> None:
     out, _ = run
     page = _parse(out / "report" / "index.html")
-    assert set(page.images) == {"labels_by_split.png", "balance_before_after.png",
-                                "length_chars.png", "length_tokens.png", "rejects_by_reason.png"}
-    for name in page.images:
-        data = (out / "report" / name).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
-    assert sorted(p.name for p in (out / "report").glob("*.png")) == sorted(page.images)
+    assert set(page.images) == {"labels", "balance", "length-chars", "length-tokens", "rejects"}
+    for src in page.images.values():
+        assert src.startswith("data:image/svg+xml;base64,")
+        svg = base64.b64decode(src.split(",", 1)[1]).decode("utf-8")
+        assert svg.lstrip().startswith("<?xml") and "<svg" in svg and len(svg) > 5000
+    # One self-contained file: nothing is written or loaded beside it.
+    assert [p.name for p in (out / "report").iterdir()] == ["index.html"]
+    # The relation names are drawn in Chinese when a CJK font is installed, else keyed.
+    labels_svg = base64.b64decode(page.images["labels"].split(",", 1)[1]).decode("utf-8")
+    if find_cjk_font():
+        glyphs = glyph_ids(labels_svg, "部件故障")
+        assert len(glyphs) == 4 and len(set(glyphs)) == 4, glyphs  # four distinct glyphs
+    else:
+        assert "#1" in labels_svg and "No font with Chinese glyphs" in (
+            out / "report" / "index.html").read_text(encoding="utf-8")
 
 
 def test_sections_and_escaping(run: tuple[Path, dict[str, Any]]) -> None:
@@ -125,7 +144,8 @@ def test_sections_and_escaping(run: tuple[Path, dict[str, Any]]) -> None:
     assert manifest["stage_stats"]["balance"]["after"]["检测工具"] > \
         manifest["stage_stats"]["balance"]["before"]["检测工具"]
     # Data from the corpus is escaped, never markup.
-    assert "<script>" not in html and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
+    assert "<script>alert" not in html and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
+    assert "\\u003cscript\\u003ealert('x')" in html  # the record browser's data, inert
 
 
 def test_rebuild_from_the_run_folder_alone(run: tuple[Path, dict[str, Any]],
@@ -152,7 +172,7 @@ def test_rebuild_from_the_run_folder_alone(run: tuple[Path, dict[str, Any]],
     assert "near_duplicate" in html and "风扇&lt;b&gt;低速&lt;/b&gt;" in html
     assert {k: int(v) for k, v in page.data["count"].items()}["train"] == \
         manifest["counts"]["train"]
-    assert all((copy / "report" / img).is_file() for img in page.images)
+    assert page.images and all(src.startswith("data:") for src in page.images.values())
 
 
 def test_not_a_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

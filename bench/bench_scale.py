@@ -1,0 +1,132 @@
+"""The full pipeline at scale: 100k and 1M synthetic dialogs through ``dataprep run`` on the local
+engine and on Ray; records/s, peak memory and the Ray/local ratio.
+
+The input is a ChatGLM3 JSONL file of single-turn dialogs whose user turns are the near-duplicate
+texts of ``bench/bench_dedup.py`` (real sentences from ``../shared/corpora``, ~55% perturbed
+copies) and whose replies are real sentences; a few lines are broken on purpose, so the readers
+and validate reject something. Stages: clean, validate, dedup, split, write. Each run is its own
+subprocess; "peak MB" is the driver's peak RSS (Ray's workers are separate processes, listed
+separately as the largest one's peak).
+
+    python -m bench.bench_scale [--sizes 100000,1000000] [--engines local,ray] [--ray-cpus 2]
+                                [--ray-address ADDR]
+
+On a cluster: start Ray there (``ray start --head`` on one node, ``ray start --address HEAD:6379``
+on the others, this package installed on all of them with ``pip install .[ray]``), put the
+inputs where every node can read them, and pass ``--ray-address auto`` (on the head node) or
+``--ray-address ray://HEAD:10001``; per-record stages and the MinHash signatures then spread
+over the cluster's CPUs, while the driver keeps the books and the whole-stream stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+if __package__ in (None, ""):  # run as a script: make `bench` and `dataprep` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bench_dedup import sentence_pool, synthetic_records  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ["clean", "validate", "dedup", {"name": "split", "ratios": [0.8, 0.1, 0.1]}, "write"]
+
+
+def write_input(path: Path, n: int, corpora: Path, seed: int = 0) -> None:
+    """``n`` lines of ChatGLM3 JSON: near-duplicate user turns, real replies; 1 in 5,000 broken."""
+    pool = sentence_pool(corpora)
+    texts, _ = synthetic_records(n, pool, seed)
+    rng = random.Random(seed)
+    with path.open("w", encoding="utf-8") as fh:
+        for i, text in enumerate(texts):
+            if i % 5000 == 4999:
+                fh.write('{"conversations": [\n')  # a truncated line: a reader reject
+                continue
+            obj = {"conversations": [{"role": "user", "content": text},
+                                     {"role": "assistant", "content": rng.choice(pool)}]}
+            fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+def run_one(input_path: Path, engine: str, workdir: Path, ray_cpus: int,
+            ray_address: str | None) -> dict:
+    name = f"scale-{engine}"
+    cfg = {"name": name, "seed": 42, "stages": STAGES,
+           "inputs": [{"reader": "chatglm3", "path": str(input_path)}]}
+    cfg_path = workdir / f"{name}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    out = workdir / name
+    args = ["run", str(cfg_path), "--out", str(out), "--quiet", "--engine", engine]
+    if engine == "ray":
+        args += (["--ray-address", ray_address] if ray_address else
+                 ["--ray-cpus", str(ray_cpus)])
+    code = ("import resource, sys; from dataprep.cli import main; rc = main(sys.argv[1:]); "
+            "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+            "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+            "sys.exit(rc)")
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         cwd=ROOT)
+    wall = time.perf_counter() - t0
+    if res.returncode not in (0, 1):  # 1: the data had rejects, as intended
+        raise SystemExit(f"{name}: dataprep run failed:\n{res.stderr[-3000:]}")
+    line = next(x for x in res.stderr.splitlines() if x.startswith("MAXRSS_KB"))
+    own_kb, child_kb = (int(v) for v in line.split()[1:3])
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    counts = manifest["counts"]
+    return {"engine": engine, "input": counts["input"], "wall_s": round(wall, 1),
+            "pipeline_s": manifest["seconds"]["total"],
+            "records_per_s": round(counts["input"] / manifest["seconds"]["total"]),
+            "peak_mb": round(own_kb / 1024), "largest_child_mb": round(child_kb / 1024),
+            "counts": {k: counts[k] for k in ("train", "dev", "test")},
+            "removed": counts["removed"], "by_stage": manifest["seconds"]["by_stage"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    p.add_argument("--sizes", default="100000,1000000")
+    p.add_argument("--engines", default="local,ray")
+    p.add_argument("--ray-cpus", type=int, default=2)
+    p.add_argument("--ray-address", default=None)
+    args = p.parse_args(argv)
+    corpora = args.shared / "corpora"
+    if not corpora.is_dir():
+        print(f"bench_scale: no corpora at {corpora}; pass --shared", file=sys.stderr)
+        return 2
+    print(f"{'records':>9} {'engine':<6} {'records/s':>10} {'pipeline s':>10} {'peak MB':>8} "
+          f"{'child MB':>8}  train/dev/test")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for n in (int(x) for x in args.sizes.split(",")):
+            input_path = work / f"scale_{n}.jsonl"
+            write_input(input_path, n, corpora)
+            rows = {}
+            for engine in args.engines.split(","):
+                r = run_one(input_path, engine, work, args.ray_cpus, args.ray_address)
+                rows[engine] = r
+                c = r["counts"]
+                print(f"{n:>9,} {engine:<6} {r['records_per_s']:>10,} {r['pipeline_s']:>10.1f} "
+                      f"{r['peak_mb']:>8,} {r['largest_child_mb']:>8,}  "
+                      f"{c['train']}/{c['dev']}/{c['test']}  by stage: {r['by_stage']}",
+                      flush=True)
+            if {"local", "ray"} <= rows.keys():
+                a, b = rows["local"], rows["ray"]
+                same = a["counts"] == b["counts"] and a["removed"] == b["removed"]
+                print(f"{n:>9,} ray/local: time {b['pipeline_s'] / a['pipeline_s']:.2f}x, "
+                      f"peak {b['peak_mb'] / max(1, a['peak_mb']):.2f}x; same counts: {same}")
+    print(f"(max RSS of this bench process: "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

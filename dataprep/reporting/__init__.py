@@ -1,0 +1,1 @@
+"""What a person reads after a run: charts, the record browser, the Data Docs' offline rewrite."""
