@@ -58,7 +58,7 @@ def test_no_escape_codes_when_stderr_is_not_a_terminal(repo_root: Path, tmp_path
     verbose = _cli(repo_root, "run", "configs/hotel.yaml", "--out", str(tmp_path / "b"), "-v")
     assert verbose.returncode == 0 and "\x1b" not in verbose.stderr
     lines = verbose.stderr.splitlines()
-    assert "[dataprep] validate: started (24 records)" in lines
+    assert "[dataprep] validate: started (27 records)" in lines
     assert any(re.fullmatch(r"\[dataprep\] dedup: 23 in, 21 out, [\d.]+ s", x) for x in lines)
     assert any(re.fullmatch(r"\[dataprep\] expectations: done in [\d.]+ s", x) for x in lines)
 
