@@ -25,3 +25,7 @@ class AccountingError(DataprepError):
 
 class ExpectationError(DataprepError):
     """A critical data-quality expectation failed on the final splits."""
+
+
+class SplitSchemaError(DataprepError):
+    """The lines of one output split do not share one Arrow schema (a field changes type)."""

@@ -91,8 +91,10 @@ def semantic_problems(record: dict[str, Any]) -> list[tuple[str, str, str]]:
       ``parameters`` schema;
     - a system message only comes first;
     - a tool message marked ``parallel`` follows another tool message (its group's first call);
-    - the conversation has a user turn and ends with an assistant turn (a sample that ends on a
-      user or tool turn has nothing to learn at its end).
+    - the conversation has a user turn and ends with an assistant turn or a tool call (in
+      ChatGLM3's format a call is an assistant turn with loss: a sample ending with one trains the
+      call); a sample ending on a user or observation turn has nothing to learn at its end;
+    - ``nothing_to_learn``: at least one assistant or tool turn is trained (``loss`` not false).
     """
     problems: list[tuple[str, str, str]] = []
     tools = record.get("tools")
@@ -130,9 +132,14 @@ def semantic_problems(record: dict[str, Any]) -> list[tuple[str, str, str]]:
     roles = [m.get("role") for m in msgs if isinstance(m, dict)]
     if roles and "user" not in roles:
         problems.append(("no_user_turn", "/conversations", "expected at least one user message"))
-    if roles and roles[-1] != "assistant":
+    if roles and roles[-1] not in ("assistant", "tool"):
         problems.append(("not_ending_with_assistant", f"/conversations/{len(roles) - 1}",
-                         f"expected the last message to be an assistant turn, found {roles[-1]!r}"))
+                         "expected the last message to be an assistant turn or a tool call, "
+                         f"found {roles[-1]!r}"))
+    if roles and not any(isinstance(m, dict) and m.get("role") in ("assistant", "tool")
+                         and m.get("loss", True) is not False for m in msgs):
+        problems.append(("nothing_to_learn", "/conversations",
+                         "no assistant turn or tool call is trained (every one has loss: false)"))
     return problems
 
 

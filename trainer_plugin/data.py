@@ -51,6 +51,7 @@ ENCODED_FEATURES = datasets.Features(
         "cut_fits": datasets.Value("bool"),
         "reason": datasets.Value("string"),
         "error": datasets.Value("string"),
+        "weight": datasets.Value("float64"),
     }
 )
 
@@ -121,9 +122,20 @@ def _encode_batch(
                 parsed.append(e)
         columns = fitted_columns(encoder.encode(parsed), max_length, truncation)
     return pa.Table.from_arrays(
-        [pa.array(batch["line"], type=pa.int64()), *columns.values()],
+        [pa.array(batch["line"], type=pa.int64()), *columns.values(),
+         pa.array([sample_weight(p) for p in parsed], type=pa.float64())],
         schema=ENCODED_FEATURES.arrow_schema,
     )
+
+
+def sample_weight(sample: Any) -> float:
+    """A sample's training weight: dataprep's ``weight`` key (written by ``balance`` in its
+    default mode), 1.0 when absent. A weight that is not a non-negative number counts as 1.0:
+    the sample is still encoded, and validation of the data is dataprep's job."""
+    w = sample.get("weight") if isinstance(sample, dict) else None
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
+        return 1.0
+    return float(w)
 
 
 # Samples per encoder call: large enough that SentencePiece's batch call and the numpy assembly
@@ -314,7 +326,10 @@ def build_dataset(
     if len(encoded):
         keep = [r in ("", "cut_at_message_boundary") for r in encoded["reason"]]
         encoded = encoded.select([i for i, k in enumerate(keep) if k])
-    extra = [c for c in encoded.column_names if c not in ("input_ids", "labels")]
+    # Sample weights travel to the trainer only when some sample has one other than 1.
+    weighted = len(encoded) > 0 and any(w != 1.0 for w in encoded["weight"])
+    keep_cols = ("input_ids", "labels", "weight") if weighted else ("input_ids", "labels")
+    extra = [c for c in encoded.column_names if c not in keep_cols]
     return encoded.remove_columns(extra), stats
 
 
@@ -365,8 +380,12 @@ class PadCollator:
         if self.pad_to_multiple_of:
             m = self.pad_to_multiple_of
             width = -(-width // m) * m
-        return {
+        batch = {
             "input_ids": torch.tensor([a + [self.pad_id] * (width - len(a)) for a in ids]),
             "labels": torch.tensor([b + [self.label_pad_id] * (width - len(b)) for b in labels]),
             "attention_mask": torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in ids]),
         }
+        if "weight" in features[0]:  # sample weights (see trainer_plugin.train.WeightedTrainer)
+            batch["weight"] = torch.tensor([float(f["weight"]) for f in features],
+                                           dtype=torch.float32)
+        return batch

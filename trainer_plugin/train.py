@@ -264,6 +264,48 @@ class Fitted:
     total_params: int
 
 
+def weighted_loss(logits: Any, labels: Any, weight: Any) -> Any:
+    """Cross-entropy where each sample's tokens count ``weight`` times: the sum over samples of
+    ``weight × token losses`` divided by the sum of ``weight × trained tokens``. A sample of
+    weight 0 adds nothing to the loss nor to its normaliser, so a batch [A, B (w=0)] gives the
+    gradient of [A] alone. Labels are aligned with ``input_ids`` (shifted here, as the model
+    would), ``-100`` ignored.
+    """
+    import torch.nn.functional as F
+
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    token_loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                                 shift_labels.reshape(-1), ignore_index=-100,
+                                 reduction="none").view(shift_labels.shape)
+    trained = (shift_labels != -100).float()
+    w = weight.to(token_loss.device, token_loss.dtype).unsqueeze(1)
+    denom = (w * trained).sum()
+    return (w * token_loss * trained).sum() / denom.clamp(min=1e-12)
+
+
+def weighted_trainer_class() -> type:
+    """``transformers.Trainer`` whose loss honours the per-sample ``weight`` column that
+    dataprep's ``balance`` stage writes (mode ``weight``, its default). Batches without weights
+    (evaluation) use the model's own loss. The loss is normalised per batch (not across gradient
+    accumulation steps)."""
+    from transformers import Trainer
+
+    class WeightedTrainer(Trainer):
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            weight = inputs.pop("weight", None)
+            if weight is None:
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            loss = weighted_loss(outputs.logits, labels, weight)
+            return (loss, outputs) if return_outputs else loss
+
+    return WeightedTrainer
+
+
 def fit(base: Any, cfg: TrainConfig, train_ds: Any, output_dir: str | Path, *, quantized: bool,
         compute_dtype: Any, collator: Callable[[list[dict[str, Any]]], dict[str, Any]],
         eval_ds: Any = None, callbacks: list[Any] | None = None,
@@ -312,8 +354,10 @@ def fit(base: Any, cfg: TrainConfig, train_ds: Any, output_dir: str | Path, *, q
                 "fp16": cuda and compute_dtype == resolve_dtype("fp16")}
     hf.pop("output_dir", None)  # the command line's output_dir wins
     args = TrainingArguments(output_dir=str(output_dir), **{**defaults, **hf})
-    trainer = Trainer(model=peft_model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                      data_collator=collator, callbacks=callbacks)
+    weighted = "weight" in (getattr(train_ds, "column_names", None) or ())
+    trainer_cls = weighted_trainer_class() if weighted else Trainer
+    trainer = trainer_cls(model=peft_model, args=args, train_dataset=train_ds,
+                          eval_dataset=eval_ds, data_collator=collator, callbacks=callbacks)
     outcome = trainer.train(resume_from_checkpoint=resume_from)
     return Fitted(trainer, outcome, targets, trainable, total)
 

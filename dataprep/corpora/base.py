@@ -77,6 +77,13 @@ class Rule:
     default_mode: ClassVar[str] = "reject"
     Options: ClassVar[type[RuleOptions]] = RuleOptions
     stats_key: ClassVar[str | None] = None
+    #: True for a rule that judges a record against hotel_db (or another resource of ours) rather
+    #: than against the tool the record declares: for a record that brings its own tool
+    #: (``lineage.extra["tool_origin"] == "dataset"``) its ``reject`` becomes the validate stage's
+    #: ``dataset_tools`` mode (default ``flag``).
+    semantic: ClassVar[bool] = False
+    #: True for a rule that offers the mode ``repair`` (it then implements :meth:`repair`).
+    repairable: ClassVar[bool] = False
 
     def __init__(self, options: RuleOptions, resources: Resources) -> None:
         self.options = options
@@ -86,6 +93,10 @@ class Rule:
         return {}
 
     def check(self, rec: Conversation, detail: dict[str, Any]) -> Problem | NotApplicable | None:
+        raise NotImplementedError
+
+    def repair(self, rec: Conversation) -> str | None:
+        """Fix the record in place; None when it was repaired, else why it cannot be."""
         raise NotImplementedError
 
 

@@ -9,7 +9,12 @@ Two repairs every ChatGLM3 reader needs, shared with the fine-tuning-lab reader:
   exchange — from the last user turn to the end — is cut and the op ``cut_unanswered_tool_call`` is
   recorded; the rest is the sample the upstream preprocessor had dropped as a prefix of this one.
   When nothing answered remains the record is *removed* (reason ``unanswered_tool_call``).
-  ``keep`` (the default here) leaves the decision to the ``validate`` stage.
+  ``keep`` (the default) keeps it: in ChatGLM3's format the call is an assistant turn with loss,
+  so the sample trains the call.
+
+A record with ``tools`` brings its own tool: ``lineage.extra["tool_origin"] = "dataset"`` unless its
+lineage already says (our own outputs read back keep theirs); see
+:data:`dataprep.corpora.hotel.tools.TOOL_ORIGINS`.
 
 >>> r = ChatGLM3Reader("out/hotel/train.jsonl")  # doctest: +SKIP
 >>> next(r.read()).messages[0].role  # doctest: +SKIP
@@ -165,6 +170,8 @@ class ChatGLM3Reader(Reader):
         if "lineage" not in record:
             conv.lineage.group_id = conv.id
         conv.lineage.ops.extend(ops)
+        if conv.tools and "tool_origin" not in conv.lineage.extra:
+            conv.lineage.extra["tool_origin"] = "dataset"
         if self.corpus_tag:
             conv.corpus = self.corpus_tag
         return self.finish(conv, line, text)

@@ -25,6 +25,7 @@ from typing import Any
 from dataprep.errors import InputError
 from dataprep.io import AtomicWriter
 from dataprep.reporting import browser, charts
+from dataprep.reporting.flags import flag_rows
 from dataprep.reporting.fonts import INSTALL_HINT
 from dataprep.stages.split import SPLITS
 
@@ -288,6 +289,7 @@ def rebuild_report(out_dir: str | Path) -> Path:
                       "seconds": ((manifest.get("seconds") or {}).get("post_run") or {}).get(
                           s.get("name"))} for s in manifest.get("post_run") or []],
         "clean": stats.get("clean"), "validate": stats.get("validate"), "balance": balance,
+        "flags": flag_rows(out, stats.get("validate")),
         "dedup_stats": _readable(stats.get("dedup") or {}), "n_clusters": n_clusters,
         "clusters": clusters,
         "leakage": {k: _readable(v) for k, v in (artifacts.get("leakage") or {}).items()

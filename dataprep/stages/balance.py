@@ -9,7 +9,8 @@ The label is chosen per corpus (``label``, a name or a mapping corpus -> name):
   length buckets of the answer or of the positive documents, in characters; edges in
   ``buckets``).
 
-Modes: ``cap`` downsamples every class above ``cap`` records (seeded sample, removed with reason
+Modes (default ``weight``: balancing never discards data unless the config asks for it):
+``cap`` downsamples every class above ``cap`` records (seeded sample, removed with reason
 ``balance_downsample``); ``floor`` upsamples every class below ``floor`` with copies made by
 ``Conversation.derive`` (op ``balance_upsample``, same group id, so a copy always lands in its
 parent's split); ``both`` does both; ``weight`` keeps every record and sets ``weight`` to
@@ -96,7 +97,7 @@ class BalanceOptions(StageOptions):
     edges), ``seed`` (default: the run seed). See the module docstring."""
 
     label: str | dict[str, str] = "label"
-    mode: str = "cap"
+    mode: str = "weight"
     cap: int | float | None = None
     floor: int | float | None = None
     max_weight: float | None = None
@@ -114,6 +115,9 @@ class BalanceOptions(StageOptions):
         if mode in ("floor", "both") and floor is None:
             raise ConfigError(f"balance: mode {mode!r} needs 'floor' (a count, or a float ratio "
                               "of the median class size such as 0.5)")
+        if mode == "weight" and (cap is not None or floor is not None):
+            raise ConfigError("balance: 'cap'/'floor' need mode cap, floor or both (the default "
+                              "mode, weight, keeps every record and writes sample weights)")
         for opt, value in (("cap", cap), ("floor", floor)):
             if value is not None:
                 resolve_count(opt, value, 1.0)  # type check now, not at the first record

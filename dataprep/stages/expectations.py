@@ -10,7 +10,8 @@ Expectations (name, default severity; any list in ``critical`` replaces the defa
 - ``id_not_null``, ``id_unique`` (critical): every sample has an id, no id twice in the corpus;
 - ``roles_valid`` (critical): every message role is one of the five ChatGLM3 roles;
 - ``first_turn_user``, ``last_turn_assistant``, ``min_messages`` (critical): the shape the
-  trainer relies on (a user opens, an assistant turn closes, at least two messages);
+  trainer relies on (a user opens, an assistant turn or a call closes, a call being an assistant
+  turn with loss; at least two messages);
 - ``no_empty_text`` (critical): no text message is empty;
 - ``max_message_chars`` (warning): the longest text message has at most ``max_chars``;
 - ``max_tokens`` (warning, only with a tokenizer): a sample's text is at most ``max_tokens``;
@@ -256,7 +257,7 @@ class Expectations(PostRunStep):
             gxe.ExpectColumnValuesToBeInSet(column="first_turn", value_set=["user"],
                                             severity=sev("first_turn_user"),
                                             meta=meta("first_turn_user")),
-            gxe.ExpectColumnValuesToBeInSet(column="last_role", value_set=["assistant"],
+            gxe.ExpectColumnValuesToBeInSet(column="last_role", value_set=["assistant", "tool"],
                                             severity=sev("last_turn_assistant"),
                                             meta=meta("last_turn_assistant")),
             gxe.ExpectColumnValuesToBeBetween(column="n_messages", min_value=2,

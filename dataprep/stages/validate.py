@@ -21,7 +21,16 @@ each corpus package; their docstrings give the measured rates behind each defaul
 A rule's options are given flat to this stage (``relations``, ``grounding_threshold``,
 ``grounding_ngram``, ``hotel_tool``).
 
-``Validate.stats``: ``valid``, ``flagged``, per rule ``{mode, checked, failed, rate}``, and each
+Whose tool: a record that brings its own tool (``lineage.extra["tool_origin"] == "dataset"``, set by
+the lab readers and the ChatGLM3 reader) is held to *its* tool's schema (the schema check above:
+rejects), while the rules that judge it against our hotel_db (``semantic`` rules:
+``observation_violates_call``, ``unknown_facility``) and ``tool_not_followed_by_assistant`` (still
+learnable up to that point) use the ``dataset_tools`` mode instead of ``reject``: ``flag`` (default,
+kept and counted per reason) or ``reject``. Records of our own tool (``ours``) keep every rule's
+mode. ``observation_violates_call: repair`` re-runs the call on hotel_db (see
+:mod:`dataprep.corpora.hotel.rules`); an ungrounded repair is rejected as ``repair_ungrounded``.
+
+``Validate.stats``: ``valid``, ``flagged``, ``flags`` (reason -> count), ``repaired``, per rule ``{mode, checked, failed, rate}``, and each
 rule's own detail rates (``relations``, ``triples``, ``grounding`` overall and by source file,
 ``reply_mentions``).
 
@@ -44,6 +53,11 @@ from dataprep.record import Conversation
 from dataprep.stages.base import RunContext, Stage, StageOptions
 
 MODES = ("reject", "flag", "off")
+REPAIR = "repair"
+REPAIR_UNGROUNDED = "repair_ungrounded"
+DATASET_TOOL_MODES = ("flag", "reject")
+# Role-order rules that a dataset's own tool data may break and still be learnable.
+DATASET_LENIENT_ROLE_RULES = ("tool_not_followed_by_assistant",)
 ROLE_ORDER_RULES = ("first_turn_not_user", "consecutive_user", "tool_out_of_order",
                     "tool_not_followed_by_assistant", "observation_out_of_order")
 
@@ -102,6 +116,7 @@ def _rule_option_fields() -> list[tuple[str, Any, dataclasses.Field]]:
 @dataclass
 class _ValidateBase(StageOptions):
     rules: dict[str, str] | None = None
+    dataset_tools: str = "flag"
 
     def __post_init__(self) -> None:
         defaults = default_rules()
@@ -110,10 +125,15 @@ class _ValidateBase(StageOptions):
             raise ConfigError(f"validate.rules: unknown rules {sorted(unknown)}; available: "
                               f"{', '.join(defaults)}")
         self.rules = {**defaults, **(self.rules or {})}
+        repairable = {cls.reason for cls in rule_classes() if cls.repairable}
         for rule, mode in self.rules.items():
-            if mode not in MODES:
-                raise ConfigError(f"validate.rules.{rule} must be one of {', '.join(MODES)}, "
+            allowed = MODES + ((REPAIR,) if rule in repairable else ())
+            if mode not in allowed:
+                raise ConfigError(f"validate.rules.{rule} must be one of {', '.join(allowed)}, "
                                   f"got {mode!r}")
+        if self.dataset_tools not in DATASET_TOOL_MODES:
+            raise ConfigError(f"validate.dataset_tools must be one of "
+                              f"{', '.join(DATASET_TOOL_MODES)}, got {self.dataset_tools!r}")
 
 
 # ``rules`` (rule -> reject|flag|off, merged over the defaults) plus the corpus rules' options,
@@ -143,9 +163,24 @@ class Validate(Stage):
             rule = cls(cls.Options(**{k: v for k, v in given.items() if k in names}),
                        self.resources)
             self.corpus_rules.setdefault(cls.corpus, []).append(rule)
+        self.lenient = {*DATASET_LENIENT_ROLE_RULES,
+                        *(cls.reason for cls in rule_classes() if cls.semantic)}
+        self.by_reason = {r.reason: r for rules in self.corpus_rules.values() for r in rules}
+
+    def mode(self, reason: str, rec: Conversation) -> str:
+        """The mode of a rule for this record: a dataset's own tool turns a lenient rule's
+        ``reject`` into ``dataset_tools``."""
+        if reason == REPAIR_UNGROUNDED:
+            return "reject"
+        mode = self.rules[reason]
+        if mode == "reject" and reason in self.lenient \
+                and rec.lineage.extra.get("tool_origin") == "dataset":
+            return self.options.dataset_tools  # type: ignore[attr-defined]
+        return mode
 
     def describe(self) -> dict[str, Any]:
-        d = {"rules": self.rules}
+        d: dict[str, Any] = {"rules": self.rules,
+                             "dataset_tools": self.options.dataset_tools}  # type: ignore[attr-defined]
         for rules in self.corpus_rules.values():
             for rule in rules:
                 d.update(dataclasses.asdict(rule.options))
@@ -155,7 +190,7 @@ class Validate(Stage):
     def _stats(self) -> dict[str, Any]:
         st = self.stats
         if "rules" not in st:
-            st.update({"valid": 0, "flagged": 0,
+            st.update({"valid": 0, "flagged": 0, "flags": {}, "repaired": 0,
                        "rules": {r: {"mode": m, "checked": 0, "failed": 0, "rate": 0.0}
                                  for r, m in self.rules.items()}})
             for rules in self.corpus_rules.values():
@@ -180,18 +215,40 @@ class Validate(Stage):
             ctx.reject_record(rec, reason, f"{pointer}: {message}{more}", stage=self.name)
             return
         found = self._role_order(rec, st) + self._corpus(rec, st)
-        rejects = [p for p in found if self.rules[p[0]] == "reject"]
+        found = self._repair(rec, found, st)
+        rejects = [p for p in found if self.mode(p[0], rec) == "reject"]
         if rejects:
             reason, message = rejects[0]
             more = f" (+{len(rejects) - 1} more)" if len(rejects) > 1 else ""
             ctx.reject_record(rec, reason, message + more, stage=self.name)
             return
-        flags = sorted({p[0] for p in found if self.rules[p[0]] == "flag"})
+        flags = sorted({p[0] for p in found if self.mode(p[0], rec) == "flag"})
         if flags:
             st["flagged"] += 1
+            for f in flags:
+                st["flags"][f] = st["flags"].get(f, 0) + 1
             rec.lineage.extra["flags"] = sorted({*rec.lineage.extra.get("flags", []), *flags})
+            # The first message per flag, for the report's examples.
+            rec.lineage.extra["flag_messages"] = {
+                **rec.lineage.extra.get("flag_messages", {}),
+                **{r: m for r, m in reversed(found) if r in flags}}
         st["valid"] += 1
         yield rec
+
+    def _repair(self, rec: Conversation, found: list[tuple[str, str]],
+                st: dict[str, Any]) -> list[tuple[str, str]]:
+        """Problems whose mode is ``repair`` are repaired, or become ``repair_ungrounded``."""
+        out = []
+        for reason, message in found:
+            if self.mode(reason, rec) != REPAIR:
+                out.append((reason, message))
+                continue
+            why = self.by_reason[reason].repair(rec)
+            if why is None:
+                st["repaired"] += 1
+            else:
+                out.append((REPAIR_UNGROUNDED, f"{why} (after repairing: {message})"))
+        return out
 
     def _role_order(self, rec: Conversation, st: dict[str, Any]) -> list[tuple[str, str]]:
         if all(self.rules[r] == "off" for r in ROLE_ORDER_RULES):

@@ -1,13 +1,22 @@
 """``write``: the three ChatGLM3 JSONL splits, each validated line by line, written atomically;
-optionally the same splits exported to other training formats (``dataprep.export``)."""
+optionally the same splits exported to other training formats (``dataprep.export``).
+
+Before a split is committed, the writer checks that all its lines share one Arrow schema (the
+file read as one block by ``pyarrow.json``, as ``datasets.load_dataset("json")`` reads it): a
+field that is a list on one line and a string on another (the lab's 172 ``facilities`` strings
+before normalisation) raises :class:`~dataprep.errors.SplitSchemaError` naming the split and
+the field, and no split is written (option ``check_schema: false`` skips the check).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dataprep import schema
+from dataprep.errors import SplitSchemaError
 from dataprep.io import AtomicWriter, UnwritableValue, dumps
 from dataprep.record import Conversation
 from dataprep.stages.base import RunContext, Stage, StageOptions
@@ -22,6 +31,9 @@ class WriteOptions(StageOptions):
     (llamafactory, openai, glm4, hf, chatglm3) or of ``{name: FORMAT, OPTION: VALUE}``."""
 
     lineage: bool = True
+    #: Check that each split's lines share one Arrow schema (see the module docstring); false
+    #: writes splits of mixed shapes, which ``datasets.load_dataset("json")`` will refuse.
+    check_schema: bool = True
     formats: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -67,6 +79,10 @@ class Write(Stage):
                 if formats:
                     kept[rec.split].append(rec)
                 yield rec
+            for split, fh in handles.items():
+                fh.flush()
+                if self.options.check_schema:
+                    check_arrow_schema(Path(writers[split].temp_path), split)
             ok = True
         finally:
             for w in writers.values():
@@ -79,3 +95,21 @@ class Write(Stage):
                 rep = export_splits(fmt, kept, ctx.out_dir / "export" / fmt, **options)
                 exports[fmt] = {"out_dir": rep.out_dir, "written": dict(rep.written),
                                 "dropped": dict(rep.dropped), "changed": dict(rep.changed)}
+
+
+def check_arrow_schema(path: Path, split: str) -> None:
+    """Raise :class:`SplitSchemaError` when the lines of ``path`` do not share one Arrow schema."""
+    import pyarrow as pa
+    import pyarrow.json as pajson
+
+    size = path.stat().st_size
+    if size == 0:
+        return
+    # One block: every line's types are unified into one schema, or the read fails.
+    options = pajson.ReadOptions(block_size=size + 1)
+    try:
+        pajson.read_json(path, read_options=options)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise SplitSchemaError(
+            f"{split}.jsonl: its lines do not share one schema, so datasets.load_dataset('json') "
+            f"cannot load it: {e}. A reader or stage must normalise that field.") from e

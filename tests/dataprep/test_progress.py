@@ -53,13 +53,13 @@ def test_no_escape_codes_when_stderr_is_not_a_terminal(repo_root: Path, tmp_path
     assert "\r" not in res.stderr
     # The summary starts at column 0 (no progress bar left the cursor mid-line).
     assert res.stdout.splitlines()[0].startswith("hotel: 33 input")
-    assert "[dataprep] read: done, 24 records to process" in res.stderr.splitlines()
+    assert "[dataprep] read: done, 27 records to process" in res.stderr.splitlines()
 
     verbose = _cli(repo_root, "run", "configs/hotel.yaml", "--out", str(tmp_path / "b"), "-v")
     assert verbose.returncode == 0 and "\x1b" not in verbose.stderr
     lines = verbose.stderr.splitlines()
-    assert "[dataprep] validate: started (24 records)" in lines
-    assert any(re.fullmatch(r"\[dataprep\] dedup: 23 in, 21 out, [\d.]+ s", x) for x in lines)
+    assert "[dataprep] validate: started (27 records)" in lines
+    assert any(re.fullmatch(r"\[dataprep\] dedup: 27 in, 25 out, [\d.]+ s", x) for x in lines)
     assert any(re.fullmatch(r"\[dataprep\] expectations: done in [\d.]+ s", x) for x in lines)
 
     config = _synthetic_config(tmp_path, 50)  # -q shows nothing whatever the stages: a small run

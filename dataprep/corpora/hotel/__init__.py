@@ -23,6 +23,7 @@ CORPUS = Corpus(
         "lab_chatglm3": "dataprep.corpora.hotel.lab:LabChatGLM3Reader",
     },
     rules=("dataprep.corpora.hotel.rules:ObservationViolatesCall",
+           "dataprep.corpora.hotel.rules:UnknownFacility",
            "dataprep.corpora.hotel.rules:ReplyMentionsNoResult"),
     ops={
         "rewrite_rules": "dataprep.corpora.hotel.augment:RewriteRules",

@@ -485,7 +485,7 @@ class CrossWOZReader(Reader):
             messages=b.messages,
             lineage=Lineage(source=self.source, line=None, item=dialogue_id,
                             group_id=hotel_group_id(first_user or "", calls[0] if calls else None),
-                            ops=ops),
+                            ops=ops, extra={"tool_origin": "ours"}),
             tools=copy.deepcopy(self.tools),
             corpus=self.corpus,
             meta={"dialogue_id": dialogue_id, "calls": calls,

@@ -21,7 +21,8 @@ characters), then rating descending, then ``hotel_id`` ascending. Default ``limi
 the lab's demo passes to its own search; the lab's ``return`` lists hold 1–5 records (1 in 72%).
 
 Observation records have the lab's shape ``{name, type, address, subway, phone, facilities, price,
-rating, hotel_id}``; a null DB price is written as ``-1.0``, as the lab does (MANIFEST note), and
+rating, hotel_id}``; a null DB price is written as ``null`` (the lab wrote ``-1.0``, which
+:func:`normalise_observation` maps to ``null`` too, so one field has one shape in every output), and
 prices are floats (the lab writes ``446.0`` for the DB's ``446``).
 
 >>> db = HotelDB.load("data/hotel_db_sample.json")
@@ -45,7 +46,51 @@ from dataprep.io import read_json_document, value_problem
 from dataprep.record import Conversation
 
 DEFAULT_LIMIT = 3
-NULL_PRICE = -1.0
+NULL_PRICE = -1.0  # the lab's "no price"; read as null
+_FACILITY_PREFIX = re.compile(r"^\s*酒店提供的设施\s*[:：]\s*")
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return value
+    return value
+
+
+def normalise_observation(record: Any) -> tuple[Any, list[str]]:
+    """One observation record in the one shape every output uses, and what was changed.
+
+    ``facilities`` always a list of strings (172 raw-dialog records carry ``"酒店提供的设施:a;b"``),
+    ``price``/``rating`` numbers or ``null`` (the lab's ``-1`` / ``-1.0`` "no price" is ``null``).
+    Anything that is not a dict is returned unchanged (the schema check reports it).
+
+    >>> normalise_observation({"facilities": "酒店提供的设施:无烟房;吹风机", "price": -1.0})
+    ({'facilities': ['无烟房', '吹风机'], 'price': None}, ['facilities', 'price'])
+    """
+    if not isinstance(record, dict):
+        return record, []
+    out, changed = dict(record), []
+    facs = out.get("facilities")
+    if isinstance(facs, str):
+        text = _FACILITY_PREFIX.sub("", facs)
+        out["facilities"] = [f.strip() for f in re.split(r"[;；,，]", text) if f.strip()]
+        changed.append("facilities")
+    for key in ("price", "rating"):
+        if key not in out or out[key] is None:
+            continue
+        value = _number(out[key])
+        if isinstance(value, float) and value < 0:  # -1: "unknown" in the lab's data (price, rating)
+            value = None
+        if value != out[key] or type(value) is not type(out[key]):
+            out[key] = value
+            changed.append(key)
+    return out, changed
 
 PRICE_KEYS = ("price_range_lower", "price_range_upper")
 RATING_KEYS = ("rating_range_lower", "rating_range_upper")
@@ -71,8 +116,8 @@ class Hotel:
     def to_record(self) -> dict[str, Any]:
         """The observation record, in the lab's key order.
 
-        >>> Hotel(7, "某酒店", "经济型", "地址", "地铁", "电话", ("无烟房",), None, 4.5).to_record()["price"]
-        -1.0
+        >>> Hotel(7, "某酒店", "经济型", "地址", "地铁", "电话", ("无烟房",), None, 4.5).to_record()["price"] is None
+        True
         """
         return {
             "name": self.name,
@@ -81,7 +126,7 @@ class Hotel:
             "subway": self.subway,
             "phone": self.phone,
             "facilities": list(self.facilities),
-            "price": NULL_PRICE if self.price is None else float(self.price),
+            "price": None if self.price is None else float(self.price),
             "rating": self.rating,
             "hotel_id": self.hotel_id,
         }
@@ -106,55 +151,13 @@ def _name_tier(query: str, name: str) -> int | None:
     return None
 
 
-# Facility wordings of the fine-tuning-lab data (ChatGPT paraphrases: 918 of its 4162 searches use
-# a name that is not in the database) mapped to database names. Ordered: the first match wins, so
-# the five wifi scopes come before the generic rules. Deliberately left out because the target is
-# ambiguous or absent: "wifi", "无线上网" (which scope?), "泳池" (indoor or outdoor?), "停车场" (the
-# database only knows paid spaces), "按摩", "洗衣机", "电风扇". On the lab's own search results the
-# mapped name is present in 96% of the returned hotels (see tests/dataprep/corpora/hotel/test_lab.py).
-FACILITY_SYNONYMS: tuple[tuple[str, str], ...] = (
-    (r"(公共|公众|公用).*(部分|一些|某些|特定|一部分).*房|(部分|一些|某些).*房.*公共",
-     "公共区域和部分房间提供wifi"),
-    (r"^(?=.*(wifi|无线|网络)).*(所有|全部|每个|每间)(的)?(住客)?(客房|房间|住房)", "所有房间提供wifi"),
-    (r"^(?=.*(wifi|无线|上网|网络)).*(部分|一些|某些)(的)?(客房|房间)", "部分房间提供wifi"),
-    (r"^(?=.*(wifi|无线|网络)).*(公共|公众)(区域|场所|地方|空间)", "公共区域提供wifi"),
-    (r"^(?=.*(wifi|无线网|网络)).*(各处|各个|角落|所有区域|全区|全酒店|全面|处处|到处|无处不|"
-     r"无死角|整个|全方位|覆盖)", "酒店各处提供wifi"),
-    (r"宽带|有线上网", "宽带上网"),
-    (r"国内长途", "免费国内长途电话"),
-    (r"(国际|全球|跨国).*(电话|通话|话费)", "国际长途电话"),
-    (r"(市内|本地|市区).*(电话|通话)|(电话|通话).*(市内|本地)", "免费市内电话"),
-    (r"吹风|热风筒", "吹风机"),
-    (r"热水", "24小时热水"),
-    (r"暖气|取暖|供暖", "暖气"),
-    (r"西(式|餐)", "西式餐厅"),
-    (r"中(式|餐|国风)", "中式餐厅"),
-    (r"残疾|残障|无障碍", "残疾人设施"),
-    (r"室内.*(泳|水池)|(泳|水池).*室内", "室内游泳池"),
-    (r"(室外|户外|露天).*泳", "室外游泳池"),
-    (r"会议|开会", "会议室"),
-    (r"健身", "健身房"),
-    (r"水疗", "SPA"),
-    # Negated smoking only: "吸烟房" (a smoking room) must not become 无烟房.
-    (r"(无烟|禁烟|不吸烟|非吸烟|不允许吸烟|不准吸烟|不可吸烟).*(房|环境)|房.*(不允许|不准|禁止)吸烟",
-     "无烟房"),
-    (r"商务.{0,2}(中心)", "商务中心"),
-    (r"酒吧|酒馆", "酒吧"),
-    (r"桑拿|芬兰浴", "桑拿"),
-    (r"棋牌", "棋牌室"),
-    (r"接站|车站接送", "接站服务"),
-    (r"接机|机场接送", "接机服务"),
-    (r"免费.*早|早.*免费", "早餐服务免费"),
-    (r"早餐|早饭", "早餐服务"),
-    (r"外宾|外国客人|国外客人|国际客人", "接待外宾"),
-    (r"洗衣(?!机)|洗涤|清洗衣物|衣物清洗", "洗衣服务"),
-    (r"行李", "行李寄存"),
-    (r"(照看|看护|照顾).*孩|小孩照看", "看护小孩服务"),
-    (r"租(用|赁)?(汽)?车", "租车"),
-    (r"(收费|付费).*(停车|车位)|停车.*(收费|付费)", "收费停车位"),
-    (r"叫醒|唤醒|叫起|叫床|叫我起床|闹钟", "叫醒服务"),
-    (r"温泉", "温泉"),
-)
+# The synonym table is data (facility_synonyms.json next to this module): the rules mapping the
+# lab's paraphrases to database names, and the wordings left unmapped because they are ambiguous.
+_SYNONYMS_FILE = Path(__file__).with_name("facility_synonyms.json")
+_SYNONYMS = json.loads(_SYNONYMS_FILE.read_text(encoding="utf-8"))
+FACILITY_SYNONYMS: tuple[tuple[str, str], ...] = tuple((p, c) for p, c in _SYNONYMS["rules"])
+#: wording -> the database facilities it could mean; never mapped (see the JSON file).
+AMBIGUOUS_FACILITIES: dict[str, list[str]] = dict(_SYNONYMS["ambiguous"])
 _SYNONYM_RES = tuple((re.compile(p, re.IGNORECASE), c) for p, c in FACILITY_SYNONYMS)
 
 

@@ -10,17 +10,29 @@
 double-encoded, each ``search`` became an assistant "thought" ("我需要使用search_hotels工具来查询酒店")
 plus a ``tool`` turn, and samples whose target was a call end with that call, without observation.
 
-Both become hotel conversations: ``corpus="hotel"``, ``tools=HOTEL_TOOLS``, the lab's turns kept as
-they are (no thought is invented for ``lab_dialog``), ``label=scenario_label(conv)``, and
-``meta={"dialogue_id", "calls", …}``. Repairs, each recorded in ``lineage.ops``:
+Both become hotel conversations: ``corpus="hotel"``, ``label=scenario_label(conv)``,
+``meta={"dialogue_id", "calls", …}``, the lab's turns kept as they are (no thought is invented for
+``lab_dialog``), and ``lineage.extra["tool_origin"] = "dataset"``: the lab brings its own
+``search_hotels`` (an approximate search whose facilities are free strings), so its observations are
+judged against *that* tool: only its schema is binding, disagreements with hotel_db are flags (see
+:mod:`dataprep.corpora.hotel.rules`). ``tools`` is the lab's declaration
+(:data:`~dataprep.corpora.hotel.tools.LAB_SEARCH_HOTELS_TOOL`; the option ``tool_schema: ours``
+writes ours instead, whose facility enum then rejects unmapped words). Repairs, each recorded in
+``lineage.ops``:
 
 - ``normalise_facilities``: the lab's searches use ChatGPT paraphrases of facility names (24% of
-  its records), which our exact-match tool schema rejects; :meth:`HotelDB.canonical_facility` maps
-  them to database names, the originals are kept in ``lineage.extra["facilities_original"]``. A
-  wording with no unambiguous database name rejects the record (``unknown_facility``).
-- ``cut_unanswered_tool_call``: see :mod:`dataprep.readers.chatglm3` (default ``cut`` here).
-- ``decode_tools`` / ``hotel_tools``: the lab's tool list is decoded, checked to be
-  ``search_hotels``, and replaced by our :data:`~dataprep.corpora.hotel.tools.HOTEL_TOOLS`.
+  its records); :meth:`HotelDB.canonical_facility` maps them to database names when the mapping is
+  unambiguous (the table is data: ``facility_synonyms.json``), the originals are kept in
+  ``lineage.extra["facilities_original"]``. A wording with no unambiguous database name is kept
+  as the user said it when the declared tool allows free strings (``facilities_unmapped``), and
+  rejected (``unknown_facility``) only when the declared tool's schema forbids it.
+- ``normalise_observations``: observation records get one shape (facilities a list of strings,
+  prices numbers or null; :func:`~dataprep.corpora.hotel.hotel_db.normalise_observation`).
+- trailing calls: a sample that ends with a call is a complete sample (the call is an assistant
+  turn with loss), kept by default (``unanswered_tool_call: keep``; ``cut``/``remove`` as in
+  :mod:`dataprep.readers.chatglm3`).
+- ``decode_tools``: the lab's double-encoded tool list is decoded and checked to be
+  ``search_hotels``.
 
 Split groups come from :func:`~dataprep.corpora.hotel.hotel_db.hotel_group_id` (first user text + first call, as
 the lab wrote them), so a dialogue and its copies in either layout or file share one group.
@@ -34,11 +46,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from dataprep.corpora.hotel.hotel_db import HotelDB, hotel_group_id, scenario_label
-from dataprep.corpora.hotel.tools import SEARCH_HOTELS_TOOL, check_parameters, hotel_tools
+from dataprep.corpora.hotel.hotel_db import (
+    HotelDB,
+    hotel_group_id,
+    normalise_observation,
+    scenario_label,
+)
+from dataprep.corpora.hotel.tools import (
+    LAB_SEARCH_HOTELS_TOOL,
+    SEARCH_HOTELS_TOOL,
+    allows_free_facility,
+    check_parameters,
+    hotel_tools,
+)
 from dataprep.errors import ConfigError, InputError
 from dataprep.readers.base import Item, Reader
-from dataprep.readers.chatglm3 import ChatGLM3Reader, cut_unanswered_tool_call
+from dataprep.readers.chatglm3 import UNANSWERED_POLICIES, ChatGLM3Reader, cut_unanswered_tool_call
 from dataprep.record import MISSING, Conversation, Lineage, Message, Reject
 
 TOOL_NAME = SEARCH_HOTELS_TOOL["name"]
@@ -52,26 +75,34 @@ class HotelLabMixin:
     corpus: ClassVar[str]
 
     def normalise_call(self, params: dict[str, Any], pointer: str, line: int, text: str | None,
-                       rewrites: dict[str, str]) -> tuple[dict[str, Any] | None, Reject | None]:
-        """Facility names mapped to the database's, then the call checked against the tool."""
+                       rewrites: dict[str, str], tool: dict[str, Any],
+                       unmapped: list[str]) -> tuple[dict[str, Any] | None, Reject | None]:
+        """Facility names mapped to the database's, then the call checked against the declared
+        ``tool``. An unmapped word stays when that tool allows free strings."""
+        if self.tool_schema == "ours":  # type: ignore[attr-defined]
+            tool = SEARCH_HOTELS_TOOL  # checked against the full vocabulary, enum shown or not
         out = dict(params)
         facs = params.get("facilities")
         if isinstance(facs, list):
             mapped: list[str] = []
             for j, f in enumerate(facs):
                 canon = self.db.canonical_facility(f) if isinstance(f, str) else None
+                if canon is None and isinstance(f, str) and allows_free_facility(tool):
+                    canon = f
+                    if f not in unmapped:
+                        unmapped.append(f)
                 if canon is None:
                     return None, self.make_reject(  # type: ignore[attr-defined]
                         "unknown_facility",
-                        f"{pointer}/facilities/{j}: {f!r} is not a hotel_db facility and has no "
-                        "unambiguous synonym (see FACILITY_SYNONYMS in dataprep/corpora/hotel/hotel_db.py)",
-                        line, text=text)
+                        f"{pointer}/facilities/{j}: {f!r} is not a hotel_db facility, has no "
+                        "unambiguous synonym (dataprep/corpora/hotel/facility_synonyms.json) and "
+                        "the declared tool's schema does not allow free strings", line, text=text)
                 if canon != f:
                     rewrites[f] = canon
                 if canon not in mapped:  # two paraphrases of one facility
                     mapped.append(canon)
             out["facilities"] = mapped
-        problems = check_parameters(out)
+        problems = check_parameters(out, tool)
         if problems:
             return None, self.make_reject(  # type: ignore[attr-defined]
                 "invalid_tool_call", f"{pointer}{problems[0]}" + (
@@ -82,7 +113,9 @@ class HotelLabMixin:
     def hotel_conversation(self, rid: str, messages: list[Message], line: int,
                            first_user: str, first_call: dict[str, Any] | None,
                            ops: list[str], rewrites: dict[str, str],
-                           meta: dict[str, Any]) -> Conversation:
+                           meta: dict[str, Any], tools: list[dict[str, Any]] | None = None,
+                           unmapped: list[str] | None = None) -> Conversation:
+        changed = normalise_observations(messages)
         calls = [m.parameters for m in messages if m.role == "tool"]
         mismatches = sum(
             1 for m in messages if m.role == "tool" and isinstance(m.observation, list)
@@ -93,9 +126,16 @@ class HotelLabMixin:
         if rewrites:
             lineage.ops.append("normalise_facilities")
             lineage.extra["facilities_original"] = rewrites
-        lineage.ops.append("hotel_tools")
+        if unmapped:
+            lineage.extra["facilities_unmapped"] = unmapped
+        if changed:
+            lineage.ops.append("normalise_observations")
+            lineage.extra["observation_fields_normalised"] = changed
+        if self.tool_schema == "ours":
+            lineage.ops.append("hotel_tools")
+        lineage.extra["tool_origin"] = "dataset"
         conv = Conversation(id=rid, messages=messages, lineage=lineage,
-                            tools=copy.deepcopy(self.tools), corpus=self.corpus,
+                            tools=copy.deepcopy(tools or self.tools), corpus=self.corpus,
                             meta={**meta, "calls": calls,
                                   # The lab's results came from an embedding search, not from
                                   # exact filters: count, do not drop, those that miss a filter.
@@ -103,24 +143,44 @@ class HotelLabMixin:
         return conv
 
 
+def normalise_observations(messages: list[Message]) -> list[str]:
+    """Every observation record normalised in place; the sorted field names that changed."""
+    changed: set[str] = set()
+    for m in messages:
+        if m.role == "tool" and isinstance(m.observation, list):
+            new = []
+            for rec in m.observation:
+                rec, fields = normalise_observation(rec)
+                changed.update(fields)
+                new.append(rec)
+            m.observation = new
+    return sorted(changed)
+
+
 def _hotel_setup(reader: Any, hotel_db: str | None, unanswered_tool_call: str,
-                 facility_enum: bool) -> None:
+                 facility_enum: bool, tool_schema: str) -> None:
     """Options both lab readers share: the database, the trailing-call policy, the tool copy."""
     if not hotel_db:
         raise ConfigError(f"reader {reader.name!r} needs hotel_db (CrossWOZ hotel_db.json): "
                           "pass --hotel-db or set 'hotel_db:' in the config")
     reader.db = HotelDB.load(hotel_db)
-    if unanswered_tool_call not in ("cut", "remove"):
-        raise ConfigError(f"reader {reader.name!r}: unanswered_tool_call must be cut or remove, "
-                          f"got {unanswered_tool_call!r}")
-    reader.tools = hotel_tools(facility_enum)
+    if unanswered_tool_call not in UNANSWERED_POLICIES:
+        raise ConfigError(f"reader {reader.name!r}: unanswered_tool_call must be one of "
+                          f"{', '.join(UNANSWERED_POLICIES)}, got {unanswered_tool_call!r}")
+    if tool_schema not in ("dataset", "ours"):
+        raise ConfigError(f"reader {reader.name!r}: tool_schema must be dataset or ours, got "
+                          f"{tool_schema!r}")
+    reader.tool_schema = tool_schema
+    reader.tools = (hotel_tools(facility_enum) if tool_schema == "ours"
+                    else [copy.deepcopy(LAB_SEARCH_HOTELS_TOOL)])
 
 
 class LabDialogReader(HotelLabMixin, Reader):
     """Reads ``raw_dialogs.jsonl``. Options: ``index`` (the ``*.index.tsv`` naming each line's
     source file; default: ``<stem>.index.tsv`` next to the input when it exists, ``false`` for
-    none), ``unanswered_tool_call`` (``cut`` or ``remove``), ``facility_enum`` (show the model the
-    facility vocabulary in the tool schema; default true, see :func:`~dataprep.corpora.hotel.tools.hotel_tools`)."""
+    none), ``unanswered_tool_call`` (``keep``, default, ``cut`` or ``remove``), ``tool_schema``
+    (``dataset``, default: the lab's own tool; ``ours``), ``facility_enum`` (with ``tool_schema:
+    ours``: show the model the facility vocabulary; see :func:`~dataprep.corpora.hotel.tools.hotel_tools`)."""
 
     name = "lab_dialog"
     corpus = "hotel"
@@ -128,8 +188,9 @@ class LabDialogReader(HotelLabMixin, Reader):
     needs_hotel_db = True
 
     def configure(self, hotel_db: str | None = None, index: str | bool | None = None,
-                  unanswered_tool_call: str = "cut", facility_enum: bool = True) -> None:
-        _hotel_setup(self, hotel_db, unanswered_tool_call, facility_enum)
+                  unanswered_tool_call: str = "keep", facility_enum: bool = True,
+                  tool_schema: str = "dataset") -> None:
+        _hotel_setup(self, hotel_db, unanswered_tool_call, facility_enum, tool_schema)
         self.unanswered = unanswered_tool_call
         self.index = self._load_index(index)
 
@@ -173,6 +234,7 @@ class LabDialogReader(HotelLabMixin, Reader):
     def convert(self, turns: list[dict[str, Any]], line: int, text: str | None) -> Item:
         messages: list[Message] = []
         rewrites: dict[str, str] = {}
+        unmapped: list[str] = []
         first_call: dict[str, Any] | None = None
         for i, turn in enumerate(turns):
             role = turn["role"]
@@ -182,7 +244,7 @@ class LabDialogReader(HotelLabMixin, Reader):
                 if first_call is None:
                     first_call = turn["arguments"]
                 params, rej = self.normalise_call(turn["arguments"], f"/{i}/arguments", line,
-                                                  text, rewrites)
+                                                  text, rewrites, self.tools[0], unmapped)
                 if rej is not None:
                     return rej
                 messages.append(Message("tool", name=TOOL_NAME, parameters=params))
@@ -198,7 +260,7 @@ class LabDialogReader(HotelLabMixin, Reader):
             return self.make_reject("no_user_turn", "/: expected at least one 'user' turn",
                                     line, text=text)
         ops: list[str] = []
-        if messages[-1].role == "tool":
+        if messages[-1].role == "tool" and self.unanswered != "keep":
             kept = cut_unanswered_tool_call(messages) if self.unanswered == "cut" else None
             if kept is None:
                 return self.make_reject(
@@ -207,17 +269,17 @@ class LabDialogReader(HotelLabMixin, Reader):
                     line, text=text, kind="removed")
             messages = kept
             ops.append("cut_unanswered_tool_call")
-        if messages[-1].role != "assistant":
+        if messages[-1].role not in ("assistant", "tool"):
             return self.make_reject(
                 "not_ending_with_assistant", f"/{len(turns) - 1}: expected the dialogue to end "
-                f"with an assistant turn, found {turns[-1]['role']!r}", line, text=text)
+                f"with an assistant turn or a call, found {turns[-1]['role']!r}", line, text=text)
         first_user = next(t["content"] for t in turns if t["role"] == "user")
         src = self.index.get(line, {})
         meta = {"dialogue_id": (f"{src['source_path']}#{src['item_index']}"
                                 if src.get("item_index") else src.get("source_path"))
                 or f"{self.path.name}:{line}"}
         conv = self.hotel_conversation(self.make_id(line), messages, line, first_user,
-                                       first_call, ops, rewrites, meta)
+                                       first_call, ops, rewrites, meta, unmapped=unmapped)
         if src:
             conv.lineage.extra["source_path"] = src.get("source_path")
             if src.get("item_index"):
@@ -227,18 +289,19 @@ class LabDialogReader(HotelLabMixin, Reader):
 
 
 class LabChatGLM3Reader(HotelLabMixin, ChatGLM3Reader):
-    """Reads the lab's ``*.chatglm3.jsonl``. Options: ``unanswered_tool_call`` (``cut``, default,
-    or ``remove``), ``facility_enum`` (as for ``lab_dialog``)."""
+    """Reads the lab's ``*.chatglm3.jsonl``. Options: ``unanswered_tool_call`` (``keep``, default,
+    ``cut`` or ``remove``), ``tool_schema`` and ``facility_enum`` (as for ``lab_dialog``; with
+    ``dataset`` the tool each record declares is kept)."""
 
     name = "lab_chatglm3"
     corpus = "hotel"
     input_schema = "lab_chatglm3"
     needs_hotel_db = True
-    default_unanswered = "cut"
+    default_unanswered = "keep"
 
-    def configure(self, hotel_db: str | None = None, unanswered_tool_call: str = "cut",
-                  facility_enum: bool = True) -> None:
-        _hotel_setup(self, hotel_db, unanswered_tool_call, facility_enum)
+    def configure(self, hotel_db: str | None = None, unanswered_tool_call: str = "keep",
+                  facility_enum: bool = True, tool_schema: str = "dataset") -> None:
+        _hotel_setup(self, hotel_db, unanswered_tool_call, facility_enum, tool_schema)
         super().configure(unanswered_tool_call=unanswered_tool_call)
 
     def convert(self, value: Any, line: int, text: str | None) -> Item:
@@ -254,6 +317,8 @@ class LabChatGLM3Reader(HotelLabMixin, ChatGLM3Reader):
             return self.make_reject("unexpected_tools", f"/tools: expected the one tool "
                                     f"{TOOL_NAME!r}, found {names}", line, text=text)
         rewrites: dict[str, str] = {}
+        unmapped: list[str] = []
+        tools = record["tools"] if self.tool_schema == "dataset" else self.tools
         messages: list[Message] = []
         first_call: dict[str, Any] | None = None
         for i, m in enumerate(record["conversations"]):
@@ -264,7 +329,7 @@ class LabChatGLM3Reader(HotelLabMixin, ChatGLM3Reader):
                 if first_call is None:
                     first_call = m["parameters"]
                 params, rej = self.normalise_call(m["parameters"], f"/conversations/{i}/parameters",
-                                                  line, text, rewrites)
+                                                  line, text, rewrites, tools[0], unmapped)
                 if rej is not None:
                     return rej
                 m = {**m, "parameters": params}
@@ -278,7 +343,8 @@ class LabChatGLM3Reader(HotelLabMixin, ChatGLM3Reader):
             return self.make_reject("no_user_turn", "/conversations: expected at least one user "
                                     "message", line, text=text)
         conv = self.hotel_conversation(self.make_id(line), messages, line, first_user, first_call,
-                                       ops, rewrites, {"dialogue_id": f"{self.path.name}:{line}"})
+                                       ops, rewrites, {"dialogue_id": f"{self.path.name}:{line}"},
+                                       tools=tools, unmapped=unmapped)
         item = self.finish(conv, line, text)
         if isinstance(item, Conversation):
             item.meta["calls"] = [m.parameters for m in item.messages if m.role == "tool"]

@@ -185,7 +185,7 @@ def _aspect_ok(aspect: str, record: dict[str, Any], shown: dict[str, Any]) -> bo
     if aspect == "facilities":
         return "facilities" not in shown or list(shown["facilities"]) == list(record["facilities"])
     value = record.get(aspect)
-    if value in (None, "") or (aspect == "price" and float(value) < 0):
+    if value in (None, "") or (aspect == "price" and float(value) < 0):  # -1: the lab's "no price"
         return False
     # The dialog's observation is the context the answer follows; never contradict it.
     return aspect not in shown or shown[aspect] == value
@@ -271,8 +271,10 @@ def name_query(conv: Conversation, db: Any, rng: random.Random, max_results: int
         return None, "skipped:name_not_found"
     hotel = results[0]
     fields = {"name": name, "type": hotel["type"], "address": hotel["address"],
-              "price": _fmt_number(hotel["price"]), "rating": _fmt_number(hotel["rating"] or 0)}
-    templates = NAME_QUERY_REPLY if hotel["price"] >= 0 and hotel["rating"] else \
+              "price": _fmt_number(hotel["price"] if hotel["price"] is not None else -1),
+              "rating": _fmt_number(hotel["rating"] or 0)}
+    has_price = hotel["price"] is not None and hotel["price"] >= 0
+    templates = NAME_QUERY_REPLY if has_price and hotel["rating"] else \
         NAME_QUERY_REPLY_NO_PRICE
     child = _single_query(conv, op, rng.choice(NAME_QUERY_USER).format(name=name), params,
                           results, rng.choice(templates).format(**fields), "name", db)

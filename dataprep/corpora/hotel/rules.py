@@ -6,6 +6,16 @@
   return a hotel outside the call's bounds (mostly "rating 4.6 below rating_range_lower 5.0", and
   prices outside the range), i.e. the rewritten calls no longer match their results: training on
   them teaches the model that results need not match the query, so the default rejects.
+  That holds for observations *we* produce (``tool_origin: ours``). A record that brings its own
+  tool (``tool_origin: dataset``, the lab files: an approximate search) returned what that tool
+  really returned: the validate stage flags it instead (``dataset_tools: reject`` rejects).
+  A third mode, ``repair``, re-runs the call on hotel_db (:meth:`HotelDB.search`), replaces the
+  observation with the true result and keeps the sample when the assistant's next reply is still
+  grounded in it (it names a returned hotel and none of the dropped ones; an empty result must
+  not be answered with hotel names); otherwise ``repair_ungrounded`` (reject).
+- ``unknown_facility`` (reject; flag for dataset tools): every facility a call asks for is a
+  hotel_db facility. Ours cannot fail it (our schema's enum); the lab's free-string tool keeps
+  the user's words (``停车场``, ``wifi``…) the synonym table does not map unambiguously.
 - ``reply_mentions_no_result`` (flag): the reply after a non-empty result names one of the
   returned hotels. 99.8% of such replies do (lab train 1429/1432, raw dialogs 3520/3527). Some
   misses are real errors ("中安之家连锁(北京中安宾馆。"), others list branches without the brand
@@ -18,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dataprep.corpora.base import NOT_APPLICABLE, NotApplicable, Problem, Rule, RuleOptions
+from dataprep.corpora.hotel.hotel_db import DEFAULT_LIMIT
 from dataprep.record import MISSING, Conversation, Message
 from dataprep.text import squash
 
@@ -49,6 +60,8 @@ class ObservationViolatesCall(Rule):
     corpus = "hotel"
     Options = HotelToolOptions
     options: HotelToolOptions
+    semantic = True
+    repairable = True
 
     def check(self, rec: Conversation, detail: dict[str, Any]) -> Problem | NotApplicable | None:
         searches = _searches(rec, self.options.hotel_tool)
@@ -63,6 +76,63 @@ class ObservationViolatesCall(Rule):
                     return Problem(self.reason, f"/conversations/{i}/observation/{j}: {name!r} "
                                    f"does not satisfy the call: {'; '.join(map(str, problems))}",
                                    (i,))
+        return None
+
+
+    def repair(self, rec: Conversation) -> str | None:
+        """Replace every violating observation by hotel_db's answer to its call, in place.
+        None when the sample is still grounded, else why not (``repair_ungrounded``'s message)."""
+        db = self.resources.hotel_db
+        for i, msg, obs in _searches(rec, self.options.hotel_tool):
+            if not any(db.violations(h, msg.parameters or {}) for h in obs):
+                continue
+            try:
+                # The returned hotels that do satisfy the call stay first (the reply may name them).
+                prefer = [h["hotel_id"] for h in obs if isinstance(h, dict)
+                          and isinstance(h.get("hotel_id"), int)
+                          and not db.violations(h, msg.parameters or {})]
+                new = db.search(msg.parameters or {}, limit=max(len(obs), DEFAULT_LIMIT),
+                                prefer=prefer)
+            except ValueError as e:
+                return f"/conversations/{i}/parameters: the call cannot run on hotel_db: {e}"
+            nxt = rec.messages[i + 1] if i + 1 < len(rec.messages) else None
+            if nxt is not None and nxt.role == "assistant":
+                reply = squash(nxt.content or "")
+                kept = {squash(h["name"]) for h in new}
+                dropped = [h.get("name") for h in obs if isinstance(h, dict)
+                           and isinstance(h.get("name"), str)
+                           and squash(h["name"]) not in kept and squash(h["name"]) in reply]
+                if dropped:
+                    return (f"/conversations/{i + 1}/content: the reply names {dropped[0]!r}, "
+                            "which hotel_db does not return for the call")
+                if new and not any(n in reply for n in kept):
+                    return (f"/conversations/{i + 1}/content: the reply names none of the "
+                            f"{len(new)} hotels hotel_db returns for the call")
+            msg.observation = new
+        rec.lineage.ops.append("repair_observation")
+        return None
+
+
+class UnknownFacility(Rule):
+    """``unknown_facility``: every facility a call asks for is a hotel_db facility."""
+
+    reason = "unknown_facility"
+    corpus = "hotel"
+    Options = HotelToolOptions
+    options: HotelToolOptions
+    semantic = True
+
+    def check(self, rec: Conversation, detail: dict[str, Any]) -> Problem | NotApplicable | None:
+        calls = [(i, m) for i, m in enumerate(rec.messages)
+                 if m.role == "tool" and m.name == self.options.hotel_tool]
+        if not calls:
+            return NOT_APPLICABLE
+        known = self.resources.hotel_db.facility_names
+        for i, msg in calls:
+            for j, f in enumerate((msg.parameters or {}).get("facilities") or []):
+                if f not in known:
+                    return Problem(self.reason, f"/conversations/{i}/parameters/facilities/{j}: "
+                                   f"{f!r} is not a hotel_db facility", (i,))
         return None
 
 

@@ -69,6 +69,44 @@ SEARCH_HOTELS_TOOL: dict[str, Any] = {
 HOTEL_TOOLS: list[dict[str, Any]] = [SEARCH_HOTELS_TOOL]
 
 
+def _lab_tool() -> dict[str, Any]:
+    # The fine-tuning-lab's own declaration of the tool (as its train/dev.chatglm3.jsonl write it):
+    # ours without the three tightenings. Its search was approximate, its facilities free strings.
+    tool = copy.deepcopy(SEARCH_HOTELS_TOOL)
+    props = tool["parameters"]["properties"]
+    props["name"].pop("minLength")
+    props["facilities"].pop("uniqueItems")
+    props["facilities"]["items"].pop("enum")
+    tool["parameters"].pop("additionalProperties")
+    return tool
+
+
+#: The tool the lab's data brings (``tool_origin: dataset``); tests check it against the lab file.
+LAB_SEARCH_HOTELS_TOOL: dict[str, Any] = _lab_tool()
+
+#: ``lineage.extra["tool_origin"]``: ``ours`` — the observations come from our own exact
+#: ``search_hotels`` over hotel_db (crosswoz reader, our augment ops), so they must agree with
+#: hotel_db; ``dataset`` — the record brings its own tool and its observations are what *that*
+#: tool returned (lab files, any ChatGLM3 JSONL): only its own schema is binding, disagreements
+#: with hotel_db are flags. A record without the key is judged as ``ours`` (strict).
+TOOL_ORIGINS: tuple[str, ...] = ("ours", "dataset")
+
+
+def tool_origin(rec: Any) -> str:
+    """``ours`` or ``dataset`` (see :data:`TOOL_ORIGINS`)."""
+    origin = rec.lineage.extra.get("tool_origin")
+    return origin if origin in TOOL_ORIGINS else "ours"
+
+
+def allows_free_facility(tool: dict[str, Any]) -> bool:
+    """Whether a tool's schema accepts any string as a facility (the lab's does, ours does not).
+
+    >>> allows_free_facility(LAB_SEARCH_HOTELS_TOOL), allows_free_facility(SEARCH_HOTELS_TOOL)
+    (True, False)
+    """
+    return not check_parameters({"facilities": ["按摩"]}, tool)
+
+
 def hotel_tools(facility_enum: bool = True) -> list[dict[str, Any]]:
     """A fresh copy of the tool list written into each hotel sample.
 
@@ -90,15 +128,17 @@ PARAMETER_KEYS: tuple[str, ...] = tuple(SEARCH_HOTELS_TOOL["parameters"]["proper
 _VALIDATOR = Draft202012Validator(SEARCH_HOTELS_TOOL["parameters"])
 
 
-def check_parameters(params: Any) -> list[str]:
+def check_parameters(params: Any, tool: dict[str, Any] | None = None) -> list[str]:
     """Problems of one ``search_hotels`` call, as ``"<pointer>: expected …, found …"``; empty when
     the call satisfies the tool schema (the same check the writer applies to every tool message).
+    ``tool``: the declared tool to check against (default: ours, :data:`SEARCH_HOTELS_TOOL`).
 
     >>> check_parameters({"price_range_upper": 300, "facilities": ["无烟房"]})
     []
     """
+    validator = _VALIDATOR if tool is None else Draft202012Validator(tool.get("parameters") or {})
     out = []
-    for err in sorted(_VALIDATOR.iter_errors(params), key=lambda e: list(e.absolute_path)):
+    for err in sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path)):
         _, pointer, message = describe_error(err)
         if err.validator == "additionalProperties":
             extra = sorted(set(params) - set(PARAMETER_KEYS))

@@ -83,7 +83,7 @@ def test_round_trip_of_our_own_output(tmp_path: Path) -> None:
     result = convert("lab_chatglm3", REPO / "data" / "lab_chatglm3_sample.jsonl", out,
                      hotel_db=str(SAMPLE_DB))
     written = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
-    assert len(written) == result.written == 7
+    assert len(written) == result.written == 8
     back = list(ChatGLM3Reader(out).read())
     assert all(isinstance(c, Conversation) for c in back)
     for line, conv in zip(written, back, strict=True):

@@ -16,6 +16,7 @@ from dataprep.corpora.hotel.hotel_db import (
     HotelDB,
     hotel_group_id,
     is_closing,
+    normalise_observation,
     param_label,
     scenario_label,
 )
@@ -78,7 +79,9 @@ def test_records_have_the_lab_shape(db: HotelDB) -> None:
                          "rating", "hotel_id"]
     assert rec["price"] == 1354.0 and isinstance(rec["price"], float)
     null = next(h for h in db.hotels if h.price is None)
-    assert db.record(null.hotel_id)["price"] == NULL_PRICE == -1.0
+    # One shape for "no price" in every output: null (the lab's -1.0 is read as null too).
+    assert db.record(null.hotel_id)["price"] is None and NULL_PRICE == -1.0
+    assert normalise_observation({"price": NULL_PRICE})[0] == {"price": None}
 
 
 def test_search_agrees_with_violations_on_random_calls(db: HotelDB) -> None:

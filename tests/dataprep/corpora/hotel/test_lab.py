@@ -14,7 +14,7 @@ from dataprep.config import load_config
 from dataprep.convert import convert
 from dataprep.corpora.hotel.hotel_db import SCENARIO_LABELS, HotelDB
 from dataprep.corpora.hotel.lab import LabChatGLM3Reader, LabDialogReader
-from dataprep.corpora.hotel.tools import HOTEL_TOOLS, check_parameters
+from dataprep.corpora.hotel.tools import HOTEL_TOOLS, LAB_SEARCH_HOTELS_TOOL, check_parameters
 from dataprep.errors import StrictModeError
 from dataprep.pipeline import Pipeline
 from dataprep.record import MISSING, Conversation, Reject
@@ -63,17 +63,16 @@ def _outcomes(items: list) -> Counter:
 
 def test_raw_dialogs_counts(raw_items: list, lab_dir: Path) -> None:
     assert len(raw_items) == len(_lines(lab_dir / "raw_dialogs.jsonl")) == 3752
-    assert _outcomes(raw_items) == {"conversation": 3332, "rejected:unknown_facility": 100,
-                                    "removed:unanswered_tool_call": 320}
+    # Nothing is lost: calls ending a dialogue are kept (they train the call), facility words the
+    # synonym table cannot map stay as the user said them (the lab's tool allows free strings).
+    assert _outcomes(raw_items) == {"conversation": 3752}
     assert [i.lineage.line if isinstance(i, Conversation) else i.line
             for i in raw_items] == list(range(1, 3753))
 
 
 @pytest.mark.parametrize("name, expected", [
-    ("train", {"conversation": 1262, "rejected:unknown_facility": 63,
-               "removed:unanswered_tool_call": 277}),
-    ("dev", {"conversation": 156, "rejected:unknown_facility": 10,
-             "removed:unanswered_tool_call": 35}),
+    ("train", {"conversation": 1602}),
+    ("dev", {"conversation": 201}),
 ])
 def test_chatglm3_counts(name: str, expected: dict, request: pytest.FixtureRequest,
                          lab_dir: Path) -> None:
@@ -87,19 +86,28 @@ def test_every_output_line_is_valid(name: str, request: pytest.FixtureRequest) -
     for c in _convs(request.getfixturevalue(f"{name}_items")):
         line = c.to_chatglm3()
         assert schema.output_problems(line) == [], c.id
-        assert line["tools"] == HOTEL_TOOLS and c.corpus == "hotel"
+        # The lab's own tool, declared by the record: its calls are judged against it.
+        assert line["tools"] == [LAB_SEARCH_HOTELS_TOOL] and c.corpus == "hotel"
+        assert c.lineage.extra["tool_origin"] == "dataset"
         assert c.label in SCENARIO_LABELS
         calls = [m.parameters for m in c.messages if m.role == "tool"]
-        assert c.meta["calls"] == calls and all(check_parameters(p) == [] for p in calls)
-        assert "hotel_tools" in c.lineage.ops
+        assert c.meta["calls"] == calls
+        assert all(check_parameters(p, LAB_SEARCH_HOTELS_TOOL) == [] for p in calls)
+        assert "hotel_tools" not in c.lineage.ops
+        for m in c.messages:  # one shape per field
+            for rec in m.observation if m.role == "tool" and isinstance(m.observation, list) \
+                    else []:
+                assert isinstance(rec["facilities"], list)
+                assert rec["price"] is None or (isinstance(rec["price"], float)
+                                                and rec["price"] >= 0)
         if name != "raw":
             assert "decode_tools" in c.lineage.ops
 
 
 def test_labels_on_the_raw_dialogs(raw_items: list) -> None:
     assert Counter(c.label for c in _convs(raw_items)) == {
-        "followup": 1180, "closing": 702, "facility": 615, "rating": 417, "price": 233,
-        "name": 107, "type": 78}
+        "followup": 1219, "closing": 715, "facility": 677, "price": 533, "rating": 422,
+        "name": 107, "type": 79}
 
 
 def test_thoughts_are_kept_only_where_the_source_has_them(raw_items: list,
@@ -114,37 +122,34 @@ def test_thoughts_are_kept_only_where_the_source_has_them(raw_items: list,
 
 # -- repairs ------------------------------------------------------------------------------------
 
-def test_trailing_unanswered_tool_calls(train_items: list, lab_dir: Path) -> None:
+def test_trailing_tool_calls_are_kept(train_items: list, lab_dir: Path,
+                                      hotel_db_path: Path) -> None:
     lines = _lines(lab_dir / "train.chatglm3.jsonl")
     ending = [i for i, line in enumerate(lines)
               if json.loads(line)["conversations"][-1]["role"] == "tool"]
     assert len(ending) == 330
-    outcome = Counter()
     for i in ending:
         item = train_items[i]
-        if isinstance(item, Conversation):
-            assert "cut_unanswered_tool_call" in item.lineage.ops
-            original = json.loads(lines[i])["conversations"]
-            kept = [m.to_dict() for m in item.messages]
-            # What remains is the answered prefix: it ends on the reply before the last user turn.
-            assert len(kept) < len(original) and kept[-1]["role"] == "assistant"
-            assert [m["content"] for m in kept if m["role"] != "tool"] == \
-                [m["content"] for m in original[:len(kept)] if m["role"] != "tool"]
-            outcome["cut"] += 1
-        else:
-            outcome[item.reason] += 1
-    assert outcome == {"unanswered_tool_call": 277, "unknown_facility": 40, "cut": 13}
-    # No other record is cut; mid-dialogue calls without a result keep MISSING (24 of them).
-    assert sum("cut_unanswered_tool_call" in c.lineage.ops for c in _convs(train_items)) == 13
-    missing = [m for c in _convs(train_items) for m in c.messages
+        # The sample trains its last call: kept whole, the call without an observation.
+        assert isinstance(item, Conversation) and item.messages[-1].role == "tool"
+        assert item.messages[-1].observation is MISSING
+        assert len(item.messages) == len(json.loads(lines[i])["conversations"])
+    assert not any("cut_unanswered_tool_call" in c.lineage.ops for c in _convs(train_items))
+    # The 24 mid-dialogue calls without a result keep MISSING too.
+    missing = [m for c in _convs(train_items) for m in c.messages[:-1]
                if m.role == "tool" and m.observation is MISSING]
     assert len(missing) == 24
+    # The old policies stay available.
+    cut = Counter(i.reason if isinstance(i, Reject) else "kept" for i in LabChatGLM3Reader(
+        lab_dir / "train.chatglm3.jsonl", hotel_db=str(hotel_db_path),
+        unanswered_tool_call="cut").read())
+    assert cut == {"kept": 1602 - 316, "unanswered_tool_call": 316}
 
 
 def test_facility_paraphrases_are_normalised(raw_items: list, hotel_db_path: Path) -> None:
     db = HotelDB.load(hotel_db_path)
     rewritten = [c for c in _convs(raw_items) if "normalise_facilities" in c.lineage.ops]
-    assert len(rewritten) == 797
+    assert len(rewritten) == 823
     total = present = 0
     for c in rewritten:
         originals = c.lineage.extra["facilities_original"]
@@ -158,19 +163,32 @@ def test_facility_paraphrases_are_normalised(raw_items: list, hotel_db_path: Pat
                     present += fac in db.hotel(rec["hotel_id"]).facilities
     # The lab's own (embedding) search returned hotels having the mapped facility 96% of the time:
     # the mapping agrees with what the lab meant.
-    assert total == 1156 and present / total > 0.95
-    rejects = [r for r in raw_items if isinstance(r, Reject)
-               and r.reason == "unknown_facility"]
-    assert all("is not a hotel_db facility" in r.message and r.raw for r in rejects)
-    unknown = Counter(r.message.split("'")[1] for r in rejects)
+    assert total == 1172 and present / total > 0.95
+    # Words with no unambiguous database name stay as said: the lab's tool allows free strings.
+    kept = [c for c in _convs(raw_items) if "facilities_unmapped" in c.lineage.extra]
+    assert len(kept) == 100
+    unknown = Counter(f for c in kept for f in c.lineage.extra["facilities_unmapped"])
     assert {"wifi", "泳池", "停车场", "电风扇", "按摩"} <= set(unknown)
     assert all(db.canonical_facility(f) is None for f in unknown)
+    for c in kept:
+        calls = [f for m in c.messages if m.role == "tool" for f in m.parameters.get("facilities", [])]
+        assert set(c.lineage.extra["facilities_unmapped"]) <= set(calls)
+
+
+def test_unmapped_facilities_are_rejected_when_the_tool_forbids_them(lab_dir: Path,
+                                                                     hotel_db_path: Path) -> None:
+    items = list(LabDialogReader(lab_dir / "raw_dialogs.jsonl", hotel_db=str(hotel_db_path),
+                                 tool_schema="ours").read())
+    rejects = [r for r in items if isinstance(r, Reject)]
+    assert Counter(r.reason for r in rejects) == {"unknown_facility": 100}
+    assert all("does not allow free strings" in r.message and r.raw for r in rejects)
+    assert all(c.tools == HOTEL_TOOLS for c in _convs(items))
 
 
 def test_observation_mismatches_are_counted(raw_items: list, train_items: list) -> None:
     # The lab searched by embedding similarity; the validate stage rejects these records.
-    assert sum(c.meta["observation_mismatches"] > 0 for c in _convs(raw_items)) == 442
-    assert sum(c.meta["observation_mismatches"] > 0 for c in _convs(train_items)) == 209
+    assert sum(c.meta["observation_mismatches"] > 0 for c in _convs(raw_items)) == 492
+    assert sum(c.meta["observation_mismatches"] > 0 for c in _convs(train_items)) == 230
 
 
 def test_raw_dialogs_carry_their_source_file(raw_items: list, lab_dir: Path) -> None:
@@ -192,7 +210,9 @@ def test_identical_records_share_a_group(train_items: list, raw_items: list,
                 by_text.setdefault(line, set()).add(item.lineage.group_id)
         assert all(len(groups) == 1 for groups in by_text.values())
     groups = Counter(c.lineage.group_id for c in _convs(train_items))
-    assert sum(n > 1 for n in groups.values()) == 4
+    # 4 identical pairs, and samples ending with a call share the group of the longer sample
+    # they are a prefix of (same first user turn and first call).
+    assert sum(n > 1 for n in groups.values()) == 21
 
 
 def test_train_and_dev_copies_have_the_same_fate(train_items: list, dev_items: list,
@@ -214,8 +234,8 @@ def test_train_and_dev_copies_have_the_same_fate(train_items: list, dev_items: l
 def test_the_same_dialogue_in_both_layouts_shares_a_group(raw_items: list, train_items: list,
                                                           dev_items: list) -> None:
     raw_groups = {c.lineage.group_id for c in _convs(raw_items)}
-    assert sum(c.lineage.group_id in raw_groups for c in _convs(train_items)) == 894
-    assert sum(c.lineage.group_id in raw_groups for c in _convs(dev_items)) == 113
+    assert sum(c.lineage.group_id in raw_groups for c in _convs(train_items)) == 1193
+    assert sum(c.lineage.group_id in raw_groups for c in _convs(dev_items)) == 152
 
 
 def test_sample_groups_across_layouts_and_duplicates() -> None:
@@ -224,11 +244,10 @@ def test_sample_groups_across_layouts_and_duplicates() -> None:
                                  hotel_db=str(SAMPLE_DB)).read())
     assert raw[0].lineage.group_id == glm[0].lineage.group_id == glm[4].lineage.group_id
     assert glm[0].id != glm[4].id
-    assert _outcomes(raw) == {"conversation": 7, "rejected:unknown_facility": 1,
-                              "removed:unanswered_tool_call": 1, "rejected:wrong_type": 1}
-    assert _outcomes(glm) == {"conversation": 7, "removed:unanswered_tool_call": 1,
-                              "rejected:malformed_json": 1, "rejected:unexpected_tools": 1}
-    assert glm[7].lineage.ops == ["hotel_tools"]  # proper tool objects: nothing to decode
+    assert _outcomes(raw) == {"conversation": 9, "rejected:wrong_type": 1}
+    assert _outcomes(glm) == {"conversation": 8, "rejected:malformed_json": 1,
+                              "rejected:unexpected_tools": 1}
+    assert glm[7].lineage.ops == []  # proper tool objects: nothing to decode
 
 
 # -- broken lines and strict mode --------------------------------------------------------------
@@ -305,10 +324,9 @@ def test_strict_mode_stops_at_the_first_bad_line(tmp_path: Path) -> None:
                        match=r"broken\.jsonl:2: malformed JSON.*\[malformed_json\]"):
         convert("lab_dialog", path, tmp_path / "o.jsonl", hotel_db=str(SAMPLE_DB), strict=True)
     assert not (tmp_path / "o.jsonl").exists()  # nothing half-written
-    # Removed records (filtered by design) never stop a strict run.
     result = convert("lab_chatglm3", DATA / "lab_chatglm3_sample.jsonl", tmp_path / "s.jsonl",
                      hotel_db=str(SAMPLE_DB))
-    assert result.written == 7
+    assert result.written == 8
     with pytest.raises(StrictModeError, match=r"lab_chatglm3_sample\.jsonl:7: "):
         convert("lab_chatglm3", DATA / "lab_chatglm3_sample.jsonl", tmp_path / "s.jsonl",
                 hotel_db=str(SAMPLE_DB), strict=True)
@@ -324,9 +342,8 @@ def test_hotel_config_runs_on_the_samples(tmp_path: Path) -> None:
     assert counts["input"] == 13 + 10 + 10
     rejects = [json.loads(x) for x in _lines(tmp_path / "out" / "rejects.jsonl")]
     read = Counter(r["reason"] for r in rejects if r["stage"] == "read")
-    assert read == {"wrong_type": 2, "unknown_facility": 1, "malformed_json": 1,
-                    "unexpected_tools": 1, "no_hotel_domain": 1, "hotel_not_separable": 1,
-                    "unanswered_tool_call": 2}
+    assert read == {"wrong_type": 2, "malformed_json": 1, "unexpected_tools": 1,
+                    "no_hotel_domain": 1, "hotel_not_separable": 1}
     assert counts["input"] - sum(counts["rejected"].values()) - sum(counts["removed"].values()) \
         + counts["added"] == counts["train"] + counts["dev"] + counts["test"] > 0
     written = []
@@ -348,10 +365,12 @@ def test_facility_enum_option_shortens_the_tool_prompt_but_not_the_checks(
     tok = load_tokenizer(tokenizer_dir)
     for cls, sample in ((LabDialogReader, "lab_dialogs_sample.jsonl"),
                         (CrossWOZReader, "crosswoz_sample.json")):
-        full = [c for c in cls(repo_root / "data" / sample, hotel_db=db).read()
+        # The lab reader writes our tool (and its enum) only when asked: tool_schema: ours.
+        ours = {"tool_schema": "ours"} if cls is LabDialogReader else {}
+        full = [c for c in cls(repo_root / "data" / sample, hotel_db=db, **ours).read()
                 if isinstance(c, Conversation)]
-        lean = [c for c in cls(repo_root / "data" / sample, hotel_db=db, facility_enum=False).read()
-                if isinstance(c, Conversation)]
+        lean = [c for c in cls(repo_root / "data" / sample, hotel_db=db, facility_enum=False,
+                               **ours).read() if isinstance(c, Conversation)]
         assert [c.messages for c in full] == [c.messages for c in lean]
         items = lean[0].tools[0]["parameters"]["properties"]["facilities"]["items"]
         assert "enum" not in items and "enum" in full[0].tools[0]["parameters"]["properties"][
