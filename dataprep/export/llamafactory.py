@@ -31,6 +31,10 @@ LLaMA-Factory ignores; turns keep exactly ``from``/``value`` so every line has o
   ``final_observation`` (``trailing_observation_moved``; observations are never trained, so the
   sample trains the same); two assistant texts in a row are joined with a newline
   (``consecutive_assistant_merged``, the one lossy change);
+- a user turn right after a call that has no observation (a user correcting the request before
+  the result came) breaks the alternation in every form: the sample ends on that call and the
+  messages after it ride in the call turn's ``rest`` key for our reader
+  (``rest_after_unanswered_call_not_trained``: LLaMA-Factory trains up to and including the call);
 - dropped and counted: a system message that is not first (``system_not_first``) and any sample
   that still breaks the alternation (``breaks_alternation``, ``odd_turn_count``).
 
@@ -103,9 +107,10 @@ What the model learns as a tool call (call_style: {call_style})
 - The `chatglm3`/`glm4` templates accept one call per function_call turn; parallel calls are
   written as consecutive call/observation pairs unless `--option parallel=list`.
 - The `id` and `dataprep_extra` columns (per turn: `thought`, `loss`, `parallel`,
-  `final_observation`, `no_observation`) are ignored by LLaMA-Factory and restore our records
+  `final_observation`, `no_observation`, `rest`) are ignored by LLaMA-Factory and restore our records
   when read back with `dataprep convert --from sharegpt`. Thoughts before calls and `loss: false` are
-  NOT trained by LLaMA-Factory: see export_report.json for the counts.
+  NOT trained by LLaMA-Factory, nor is what follows a call that a user turn interrupted before
+  its result came (`rest`): see export_report.json for the counts.
 """
 
 
@@ -191,6 +196,19 @@ def to_sharegpt(conv: Conversation, report: ExportReport, opts: Mapping[str, Any
             absent = [k for k, o in enumerate(observations) if missing(o)]
             if len(absent) == len(batch) and n == len(segments) - 1:
                 continue  # the sample ends on an unanswered call: nothing to write
+            if (len(absent) == len(batch) and b == len(batches) - 1
+                    and segments[n + 1][1][0].role == "user"):
+                # A user turn right after an unanswered call (a user correcting the request
+                # before the result came) cannot follow LLaMA-Factory's alternation in any form
+                # that trains the same tokens, so the sample ends on the call and what follows
+                # rides in the extra column for our reader.
+                turn["rest"] = [m.to_dict() for m in msgs[segments[n + 1][0]:]]
+                report.change("rest_after_unanswered_call_not_trained", conv.id,
+                              "a user turn came right after a call with no observation; the "
+                              "sample ends on that call and the messages after it are kept in "
+                              "the call turn's extra 'rest' key, which LLaMA-Factory does not "
+                              "train")
+                break
             for k in absent:
                 observations[k] = None
             for o in observations:
@@ -214,6 +232,8 @@ def to_sharegpt(conv: Conversation, report: ExportReport, opts: Mapping[str, Any
                               "a call with no observation before the next turn: LLaMA-Factory sees "
                               "the observation 'null' (as ChatGLM3's tokenizer renders it)")
             turns.append(obs_turn)
+        if "rest" in turns[-1]:
+            break
     body = turns[1:] if turns and turns[0]["from"] == "system" else turns
     for k, turn in enumerate(body):
         expected = EVEN if k % 2 == 0 else ODD

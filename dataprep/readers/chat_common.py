@@ -3,7 +3,8 @@ per line (or one JSON array of objects), tools in either the plain or the ``{"ty
 "function"}`` form, and the turn from parsed messages into a :class:`Conversation`.
 
 A subclass implements :meth:`ChatReader.messages`, which raises :class:`BadRecord` with a reason
-code and a message that names the position (``/messages/3/tool_call_id``).
+code and a message that names the position (``/messages/3/tool_call_id``). A record that
+declares tools is marked ``lineage.extra["tool_origin"] = "dataset"``, as the ChatGLM3 reader does.
 """
 
 from __future__ import annotations
@@ -135,5 +136,9 @@ class ChatReader(Reader):
             return self.make_reject("invalid_message", str(e), line, text=text, value=value)
         rec_id = value.get("id")
         rec_id = str(rec_id) if rec_id not in (None, "") else self.make_id(line)
+        # Chat data that declares its tools brings its own tool, as ChatGLM3 files do (see
+        # dataprep.corpora.hotel.tools.TOOL_ORIGINS): its rules judge it against that tool.
+        extra = {"tool_origin": "dataset"} if tools else {}
         return Conversation(id=rec_id, messages=messages, tools=tools, corpus=self.corpus_tag,
-                            lineage=Lineage(source=self.source, line=line, group_id=rec_id))
+                            lineage=Lineage(source=self.source, line=line, group_id=rec_id,
+                                            extra=extra))

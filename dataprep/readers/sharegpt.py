@@ -14,7 +14,8 @@ system prompt; default ``system``), ``tools`` (default ``tools``), ``role_tag``,
   turn, the keys in the ``dataprep_extra`` column (JSON text; also read from the turn itself):
   ``loss``, ``thought`` (the assistant text before a call), ``thought_loss``, ``parallel`` (a call split
   from the group of the call before it), ``final_observation`` (the observation of a call that
-  ends the sample) and ``no_observation`` (indices of calls that had none).
+  ends the sample), ``no_observation`` (indices of calls that had none) and ``rest`` (the
+  messages after a call that a user turn interrupted, in our record's form).
 - ``call_style: official`` also reads ``gpt`` turns holding ChatGLM3's own call text
   (``name\\n```python\\ntool_call(...)\\n````) as calls; they are parsed with ``ast``, never run.
 """
@@ -77,6 +78,16 @@ class ShareGPTReader(ChatReader):
             if k not in absent:
                 call.observation = obs
 
+    @staticmethod
+    def _rest(value: Any, where: str) -> list[Message]:
+        """The messages after an interrupted call, as ``export --to llamafactory`` keeps them."""
+        if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+            raise BadRecord("wrong_type", f"{where}: expected a list of message objects")
+        try:
+            return [Message.from_dict(m) for m in value]
+        except (KeyError, TypeError, ValueError) as e:
+            raise BadRecord("wrong_type", f"{where}: not a message list ({e})") from e
+
     def messages(self, value: dict[str, Any]
                  ) -> tuple[list[Message], list[dict[str, Any]] | None]:
         t = self.tags
@@ -135,6 +146,9 @@ class ShareGPTReader(ChatReader):
                 out.extend(pending)
                 if isinstance(turn.get("final_observation"), str):
                     self._observe(pending, turn["final_observation"], turn, where)
+                    pending = []
+                if "rest" in turn:
+                    out.extend(self._rest(turn["rest"], f"{where}/rest"))
                     pending = []
             elif role == t["observation_tag"]:
                 if not pending:

@@ -46,8 +46,11 @@ def test_ray_outputs_are_the_local_ones_byte_for_byte(ray_local, shared_dir: Pat
         + sum(local["counts"]["removed"].values()) > 0
     rejects = [json.loads(x) for x in (tmp_path / "ray" / "rejects.jsonl").read_text(
         encoding="utf-8").splitlines()]
-    assert {r["stage"] for r in rejects} >= {"read", "validate", "dedup"} - (
+    assert {r["stage"] for r in rejects} >= {"read", "dedup"} - (
         {"read"} if corpus == "docqa" else set())
+    # validate's decisions on the workers: rejects, or (the lab's own tool) kept with flags.
+    validate = distributed["stage_stats"]["validate"]
+    assert validate["flagged"] > 0 or "validate" in {r["stage"] for r in rejects}
     for stage in ("clean", "validate", "dedup", "split"):
         assert local["stage_stats"].get(stage) == distributed["stage_stats"].get(stage), stage
 
