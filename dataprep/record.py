@@ -12,6 +12,7 @@ stages take conversations and yield conversations, and say why whenever they dro
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,7 +137,10 @@ class Lineage:
             d["parent_id"] = self.parent_id
         d["ops"] = list(self.ops)
         if self.extra:
-            d["extra"] = self.extra
+            # JSON text, not an object: its keys differ from record to record (and some values
+            # are maps keyed by data, e.g. facility words), and datasets.load_dataset("json")
+            # 3.x fails on a line whose object has a key that the file's first block lacked.
+            d["extra"] = json.dumps(self.extra, ensure_ascii=False)
         return d
 
     @classmethod
@@ -148,8 +152,29 @@ class Lineage:
             item=d.get("item"),
             parent_id=d.get("parent_id"),
             ops=list(d.get("ops", [])),
-            extra=dict(d.get("extra", {})),
+            extra=lineage_extra(d),
         )
+
+
+def lineage_extra(lineage: Any) -> dict[str, Any]:
+    """``lineage.extra`` of a written record (JSON text) or of an older one (an object); ``{}``
+    when absent. Raises ``ValueError`` when it is neither.
+
+    >>> lineage_extra({"extra": '{"flags": ["x"]}'}), lineage_extra({"extra": {"a": 1}})
+    ({'flags': ['x']}, {'a': 1})
+    """
+    value = lineage.get("extra") if isinstance(lineage, dict) else None
+    if value in (None, ""):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"lineage.extra is not JSON text ({e.msg})") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"lineage.extra must be an object or its JSON text, got "
+                         f"{type(value).__name__}")
+    return dict(value)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dataprep.record import lineage_extra
 from dataprep.stages.split import SPLITS
 
 MAX_BYTES = 4_000_000  # embedded JSON, before the parents and twins
@@ -84,8 +85,10 @@ def _facets(kind: str, d: dict[str, Any]) -> tuple[str, str, str, str]:
     rec = rec if isinstance(rec, dict) else {}
     lineage = rec.get("lineage") if isinstance(rec.get("lineage"), dict) else {}
     ops = lineage.get("ops") or []
-    flags = ((lineage.get("extra") or {}).get("flags") or []) if isinstance(
-        lineage.get("extra"), dict) else []
+    try:
+        flags = lineage_extra(lineage).get("flags") or []
+    except ValueError:
+        flags = []
     reason = str(d.get("reason") or "") if kind in ("rejected", "removed") else ",".join(
         map(str, flags))
     label = rec.get("label")

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dataprep.record import lineage_extra
+
 SPLITS = ("train", "dev", "test")
 
 
@@ -27,7 +29,10 @@ def flag_rows(out: Path, validate: dict[str, Any] | None,
                 if not line.strip():
                     continue
                 d = json.loads(line)
-                extra = (d.get("lineage") or {}).get("extra") or {}
+                try:
+                    extra = lineage_extra(d.get("lineage"))
+                except ValueError:
+                    extra = {}
                 for reason in extra.get("flags") or []:
                     row = rows.setdefault(reason, {"reason": reason, "count": 0, "written": 0,
                                                    "examples": []})

@@ -2,9 +2,10 @@
 optionally the same splits exported to other training formats (``dataprep.export``).
 
 Before a split is committed, the writer checks that all its lines share one Arrow schema (the
-file read as one block by ``pyarrow.json``, as ``datasets.load_dataset("json")`` reads it): a
-field that is a list on one line and a string on another (the lab's 172 ``facilities`` strings
-before normalisation) raises :class:`~dataprep.errors.SplitSchemaError` naming the split and
+file read as one block by ``pyarrow.json``, and that schema equal to the one of the first 10 MB,
+which ``datasets.load_dataset("json")`` casts the rest to): a field that is a list on one line
+and a string on another (the lab's 172 ``facilities`` strings before normalisation), or a key
+that first appears late in the file, raises :class:`~dataprep.errors.SplitSchemaError` naming the split and
 the field, and no split is written (option ``check_schema: false`` skips the check).
 """
 
@@ -97,19 +98,45 @@ class Write(Stage):
                                 "dropped": dict(rep.dropped), "changed": dict(rep.changed)}
 
 
+#: ``datasets.load_dataset("json")`` (3.x and 5.x) reads a file in chunks of this many bytes
+#: (to the end of the line) and casts every later chunk to the first chunk's Arrow schema.
+DATASETS_JSON_CHUNK = 10 << 20
+
+
 def check_arrow_schema(path: Path, split: str) -> None:
-    """Raise :class:`SplitSchemaError` when the lines of ``path`` do not share one Arrow schema."""
+    """Raise :class:`SplitSchemaError` when the lines of ``path`` do not share one Arrow schema:
+    the file read as one block must unify, and its schema must be the one of the file's first
+    chunk as ``datasets`` reads it. A field that first appears after that chunk (in datasets 3.x
+    a struct key the first chunk lacked) fails the load there even though each chunk parses."""
+    import io
+
     import pyarrow as pa
     import pyarrow.json as pajson
 
     size = path.stat().st_size
     if size == 0:
         return
-    # One block: every line's types are unified into one schema, or the read fails.
-    options = pajson.ReadOptions(block_size=size + 1)
+
+    def read(data: bytes | Path, n: int) -> pa.Schema:
+        source = io.BytesIO(data) if isinstance(data, bytes) else data
+        return pajson.read_json(source, read_options=pajson.ReadOptions(block_size=n + 1)).schema
+
     try:
-        pajson.read_json(path, read_options=options)
+        whole = read(path, size)
+        if size > DATASETS_JSON_CHUNK:
+            with path.open("rb") as fh:
+                head = fh.read(DATASETS_JSON_CHUNK) + fh.readline()
+            first = read(head, len(head))
+        else:
+            first = whole
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise SplitSchemaError(
             f"{split}.jsonl: its lines do not share one schema, so datasets.load_dataset('json') "
             f"cannot load it: {e}. A reader or stage must normalise that field.") from e
+    if not whole.equals(first):
+        late = [f"{f.name}: {f.type}" for f in whole
+                if first.get_field_index(f.name) < 0 or first.field(f.name).type != f.type]
+        raise SplitSchemaError(
+            f"{split}.jsonl: fields take a new shape after the first {DATASETS_JSON_CHUNK >> 20} "
+            f"MB, which datasets.load_dataset('json') casts every later chunk to: "
+            f"{'; '.join(late)[:600]}. A reader or stage must give them one shape.")

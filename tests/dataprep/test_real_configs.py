@@ -14,6 +14,7 @@ import pytest
 
 from dataprep.config import load_config
 from dataprep.pipeline import Pipeline
+from dataprep.record import lineage_extra
 from dataprep.tokenizer import load_tokenizer
 from trainer_plugin.encoding import IGNORE_INDEX, encode_conversation
 
@@ -105,7 +106,7 @@ def test_flags_are_counted_and_shown(real_runs: dict[str, Path]) -> None:
     flags = manifest["stage_stats"]["validate"]["flags"]
     assert flags["observation_violates_call"] > 200 and flags["unknown_facility"] > 50
     written = Counter(f for s in ("train", "dev", "test") for r in _lines(out / f"{s}.jsonl")
-                      for f in r["lineage"].get("extra", {}).get("flags", []))
+                      for f in lineage_extra(r["lineage"]).get("flags", []))
     # Flagged records are kept: every written flag is counted (duplicates removed after).
     assert all(written[k] <= n for k, n in flags.items()) and sum(written.values()) > 0
 

@@ -14,6 +14,7 @@ from dataprep.config import config_from_dict
 from dataprep.corpora import op_class, op_names
 from dataprep.errors import ConfigError
 from dataprep.pipeline import Pipeline
+from dataprep.record import lineage_extra
 from dataprep.stages.augment import NEEDS_ENDPOINT, Augment, parse_ops, selected
 from dataprep.stages.base import RunContext
 
@@ -84,7 +85,7 @@ def test_accounting_and_lineage(default_run: tuple[Path, dict[str, Any]]) -> Non
         # augmentation applies to train only by default, and a child stays with its parent
         assert split == parent_split == "train"
         assert rec["corpus"] == parent["corpus"]
-        extra = rec["lineage"]["extra"]
+        extra = lineage_extra(rec["lineage"])
         if op == "rewrite_rules":
             assert extra["rules_hash"] and extra["rewritten_turns"]
         elif rec["corpus"] == "hotel":
