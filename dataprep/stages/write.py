@@ -1,11 +1,13 @@
 """``write``: the three ChatGLM3 JSONL splits, each validated line by line, written atomically;
 optionally the same splits exported to other training formats (``dataprep.export``).
 
-Before a split is committed, the writer checks that all its lines share one Arrow schema (the
-file read as one block by ``pyarrow.json``, and that schema equal to the one of the first 10 MB,
-which ``datasets.load_dataset("json")`` casts the rest to): a field that is a list on one line
-and a string on another (the lab's 172 ``facilities`` strings before normalisation), or a key
-that first appears late in the file, raises :class:`~dataprep.errors.SplitSchemaError` naming the split and
+Every split keeps one Arrow shape, so that ``datasets.load_dataset("json")`` loads it (see
+:mod:`dataprep.arrow_shape`): a line whose field has another JSON kind than the split's earlier
+lines (the lab's 172 ``facilities`` strings among lists, had they not been normalised) is
+rejected as ``inconsistent_shape``; lines that bring a field only after the first 10 MB are
+moved in front (``stats["moved_to_front"]``). Before a split is committed the file is read back
+as ``datasets`` reads it (one block, and the first 10 MB); a remaining difference (a stage bug)
+raises :class:`~dataprep.errors.SplitSchemaError` naming the split and
 the field, and no split is written (option ``check_schema: false`` skips the check).
 """
 
@@ -14,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from dataprep import schema
+from dataprep.arrow_shape import DATASETS_JSON_CHUNK, SplitShape
 from dataprep.errors import SplitSchemaError
 from dataprep.io import AtomicWriter, UnwritableValue, dumps
 from dataprep.record import Conversation
@@ -57,6 +60,8 @@ class Write(Stage):
         writers = {s: AtomicWriter(ctx.out_dir / f"{s}.jsonl") for s in SPLITS}
         kept: dict[str, list[Conversation]] = {s: [] for s in SPLITS}
         handles = {s: w.__enter__() for s, w in writers.items()}
+        shapes = {s: SplitShape() for s in SPLITS}
+        written = {s: 0 for s in SPLITS}  # bytes, for the chunk datasets reads first
         ok = False
         try:
             for rec in records:
@@ -75,7 +80,20 @@ class Write(Stage):
                 except UnwritableValue as e:  # last line of defence: strict JSON only
                     ctx.reject_record(rec, e.reason, str(e), stage=self.name)
                     continue
+                shape = shapes[rec.split]
+                if self.options.check_schema:
+                    conflict = shape.conflict(line)
+                    if conflict is not None:
+                        pointer, known, kind = conflict
+                        ctx.reject_record(
+                            rec, "inconsistent_shape",
+                            f"{pointer}: expected {known} (as in the {rec.split} split's earlier "
+                            f"lines), found {kind}; datasets.load_dataset('json') cannot load a "
+                            "split whose field changes kind", stage=self.name)
+                        continue
+                    shape.admit(line, ctx.counts.splits[rec.split], written[rec.split])
                 handles[rec.split].write(text + "\n")
+                written[rec.split] += len(text.encode("utf-8")) + 1
                 ctx.counts.splits[rec.split] += 1
                 if formats:
                     kept[rec.split].append(rec)
@@ -83,6 +101,10 @@ class Write(Stage):
             for split, fh in handles.items():
                 fh.flush()
                 if self.options.check_schema:
+                    if shapes[split].late:
+                        _move_to_front(fh, Path(writers[split].temp_path), shapes[split].late)
+                        self.stats.setdefault("moved_to_front", {})[split] = len(
+                            shapes[split].late)
                     check_arrow_schema(Path(writers[split].temp_path), split)
             ok = True
         finally:
@@ -98,9 +120,19 @@ class Write(Stage):
                                 "dropped": dict(rep.dropped), "changed": dict(rep.changed)}
 
 
-#: ``datasets.load_dataset("json")`` (3.x and 5.x) reads a file in chunks of this many bytes
-#: (to the end of the line) and casts every later chunk to the first chunk's Arrow schema.
-DATASETS_JSON_CHUNK = 10 << 20
+def _move_to_front(fh: IO[str], path: Path, late: list[int]) -> None:
+    """Rewrite the split with the lines ``late`` first (see :mod:`dataprep.arrow_shape`)."""
+    with path.open(encoding="utf-8", newline="\n") as src:
+        lines = src.read().split("\n")[:-1]
+    first = set(late)
+    fh.seek(0)
+    fh.truncate()
+    for i in late:
+        fh.write(lines[i] + "\n")
+    for i, text in enumerate(lines):
+        if i not in first:
+            fh.write(text + "\n")
+    fh.flush()
 
 
 def check_arrow_schema(path: Path, split: str) -> None:

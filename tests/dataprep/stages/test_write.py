@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from dataprep.config import config_from_dict
 from dataprep.errors import SplitSchemaError
+from dataprep.pipeline import Pipeline
 from dataprep.record import Conversation, Lineage, Message
 from dataprep.stages.write import DATASETS_JSON_CHUNK, check_arrow_schema
 
@@ -64,3 +66,47 @@ def test_lineage_extra_is_json_text_whatever_its_keys(tmp_path: Path) -> None:
     assert json.loads(loaded[-1]["lineage"]["extra"])["facilities_original"] == {"无线网络": "wifi"}
     back = Conversation.from_chatglm3(json.loads(path.read_text(encoding="utf-8").splitlines()[-1]))
     assert back.lineage.extra == recs[-1].lineage.extra
+
+
+def _tool_dialogs(path: Path, n: int, late: dict, odd: dict) -> None:
+    """``n`` ChatGLM3 dialogs with a tool call; the last one's call has a parameter no earlier
+    line has (``late``), one in the middle has an observation of another kind (``odd``)."""
+    tools = [{"name": "f", "description": "d", "parameters": {"type": "object"}}]
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            call = {"role": "tool", "name": "f", "parameters": {"q": "问" * 300, "i": i},
+                    "observation": [{"hit": i}]}
+            if i == n - 1:
+                call["parameters"].update(late)
+            if i == n // 2:
+                call["observation"] = odd
+            fh.write(json.dumps({"id": f"r{i}", "tools": tools, "conversations": [
+                {"role": "user", "content": f"第{i}个问题"}, call,
+                {"role": "assistant", "content": "好的"}]}, ensure_ascii=False) + "\n")
+
+
+def test_the_writer_keeps_one_shape_per_split(tmp_path: Path) -> None:
+    """A field of another kind is a reject naming it; a field first seen after the first 10 MB
+    moves its line to the front. Every record is accounted for and datasets loads the split."""
+    import datasets
+
+    src = tmp_path / "in.jsonl"
+    n = DATASETS_JSON_CHUNK // 900 + 50
+    _tool_dialogs(src, n, late={"rare": ["x"]}, odd=True)
+    cfg = config_from_dict({"name": "shape", "seed": 1,
+                            "inputs": [{"reader": "chatglm3", "path": str(src)}],
+                            "stages": [{"name": "split", "ratios": [1.0, 0.0, 0.0]}, "write"]})
+    out = tmp_path / "out"
+    manifest = Pipeline(cfg).run(out, progress=False)
+    assert manifest["counts"]["rejected"] == {"inconsistent_shape": 1}
+    assert manifest["counts"]["train"] == n - 1
+    reject = json.loads((out / "rejects.jsonl").read_text(encoding="utf-8"))
+    assert reject["record"]["id"] == f"r{n // 2}"
+    assert reject["message"].startswith("/conversations/-/observation: expected array (as in "
+                                        "the train split's earlier lines), found boolean")
+    assert manifest["stage_stats"]["write"]["moved_to_front"] == {"train": 1}
+    lines = (out / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    assert json.loads(lines[0])["id"] == f"r{n - 1}" and json.loads(lines[1])["id"] == "r0"
+    loaded = datasets.load_dataset("json", data_files=str(out / "train.jsonl"), split="train",
+                                   cache_dir=str(tmp_path / "hf"))
+    assert loaded.num_rows == n - 1 and loaded[0]["conversations"][1]["parameters"]["rare"] == ["x"]

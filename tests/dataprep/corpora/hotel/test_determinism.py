@@ -45,4 +45,4 @@ def test_hotel_demo_is_byte_identical_across_hash_seeds(repo_root: Path, tmp_pat
         assert first, f"{name} is empty"
         assert first == second, f"{name} differs between PYTHONHASHSEED=1 and 2"
     # The augmented records carry the hash whose order used to depend on the hash seed.
-    assert b'"rules_hash"' in (outs[0] / "train.jsonl").read_bytes()
+    assert b'\\"rules_hash\\"' in (outs[0] / "train.jsonl").read_bytes()  # lineage.extra text
