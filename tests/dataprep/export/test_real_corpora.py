@@ -81,6 +81,15 @@ def test_openai_lines_validate_against_the_openai_request_types(real_runs: dict[
     tool_t, function_t = _forbid(ChatCompletionFunctionToolParam), _forbid(FunctionDefinition)
     export_run(real_runs[corpus], "openai", tmp_path)
     n_calls = 0
+    validators: dict[str, jsonschema.Draft202012Validator] = {}  # one per distinct schema
+
+    def validator(parameters: dict) -> jsonschema.Draft202012Validator:
+        key = json.dumps(parameters, sort_keys=True)
+        if key not in validators:
+            jsonschema.Draft202012Validator.check_schema(parameters)
+            validators[key] = jsonschema.Draft202012Validator(parameters)
+        return validators[key]
+
     for split in ("train", "dev", "test"):
         for text in (tmp_path / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
             line = json.loads(text)
@@ -89,8 +98,7 @@ def test_openai_lines_validate_against_the_openai_request_types(real_runs: dict[
             for tool in line.get("tools", []):
                 tool_t.validate_python(tool)
                 function_t.validate_python(tool["function"])  # Iterable/nested: checked eagerly
-                jsonschema.Draft202012Validator.check_schema(tool["function"]["parameters"])
-                schemas[tool["function"]["name"]] = tool["function"]["parameters"]
+                schemas[tool["function"]["name"]] = validator(tool["function"]["parameters"])
             answered = set()
             for m in line["messages"]:
                 m = dict(m)
@@ -100,7 +108,7 @@ def test_openai_lines_validate_against_the_openai_request_types(real_runs: dict[
                 for call in m.get("tool_calls") or []:
                     call_t.validate_python(call)
                     args = json.loads(call["function"]["arguments"])
-                    jsonschema.validate(args, schemas[call["function"]["name"]])
+                    schemas[call["function"]["name"]].validate(args)
                     answered.add(call["id"])
                     n_calls += 1
                 if m["role"] == "tool":
