@@ -46,7 +46,7 @@ def _fields(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
     """(JSON pointer with ``-`` for every list item, kind) of ``value`` and everything in it.
 
     >>> sorted(_fields({"a": [{"b": 1}, {"b": None}], "c": "x"}))
-    [('', 'object'), ('/a', 'array'), ('/a/-', 'object'), ('/a/-/b', 'null'), ('/a/-/b', 'number'), ('/c', 'string')]
+    [('', 'object'), ('/a', 'array'), ('/a/-', 'object'), ('/a/-', 'object'), ('/a/-/b', 'null'), ('/a/-/b', 'number'), ('/c', 'string')]
     """
     kind = _kind(value)
     yield path, kind
@@ -66,6 +66,7 @@ class SplitShape:
     (None, None)
     >>> s.conflict({"obs": True})
     ('/obs', 'array', 'boolean')
+    >>> s.admit({"line": None}, 1, 0); s.conflict({"line": 3})  # null fits every kind
     """
 
     def __init__(self, chunk: int = DATASETS_JSON_CHUNK) -> None:
@@ -82,7 +83,7 @@ class SplitShape:
             if kind == "null":
                 continue
             known = self.kinds.get(path) or mine.get(path)
-            if known is not None and known != kind:
+            if known not in (None, "null") and known != kind:
                 return path, known, kind
             mine[path] = kind
         return None
@@ -92,10 +93,10 @@ class SplitShape:
         new = False
         for path, kind in _fields(line):
             known = self.kinds.get(path)
-            if known is None:
+            # A field only ever null so far is typed ``null`` in the first chunk's schema, and
+            # ``null`` cannot be cast to a real kind: its first real value is as late as a new field.
+            if known is None or (known == "null" and kind != "null"):
                 new = True
-                self.kinds[path] = kind
-            elif known == "null" and kind != "null":
                 self.kinds[path] = kind
         if new and offset >= self.chunk and index:
             self.late.append(index)

@@ -110,3 +110,39 @@ def test_the_writer_keeps_one_shape_per_split(tmp_path: Path) -> None:
     loaded = datasets.load_dataset("json", data_files=str(out / "train.jsonl"), split="train",
                                    cache_dir=str(tmp_path / "hf"))
     assert loaded.num_rows == n - 1 and loaded[0]["conversations"][1]["parameters"]["rare"] == ["x"]
+
+
+def test_null_fits_every_kind_but_its_first_real_value_after_the_first_chunk_moves() -> None:
+    """CrossWOZ records have no line number (null), lab records do: both in one split is one
+    shape. A field null throughout the first chunk is typed null there, so its first real value
+    after that chunk is as late as a new field."""
+    from dataprep.arrow_shape import SplitShape
+
+    shape = SplitShape(chunk=100)
+    shape.admit({"lineage": {"line": None}}, 0, 0)
+    assert shape.conflict({"lineage": {"line": 7}}) is None
+    shape.admit({"lineage": {"line": 7}}, 1, 50)
+    assert shape.late == []
+    late = SplitShape(chunk=100)
+    late.admit({"lineage": {"line": None}}, 0, 0)
+    late.admit({"lineage": {"line": 3}}, 1, 150)
+    assert late.late == [1]
+    assert late.conflict({"lineage": {"line": "x"}}) == ("/lineage/line", "number", "string")
+
+
+def test_records_with_and_without_line_numbers_share_a_split(tmp_path: Path) -> None:
+    data = Path(__file__).resolve().parents[3] / "data"
+    cfg = config_from_dict({"name": "mixed", "seed": 3,
+                            "hotel_db": str(data / "hotel_db_sample.json"),
+                            "inputs": [{"reader": "crosswoz", "path": str(data / "crosswoz_sample.json")},
+                                       {"reader": "lab_chatglm3",
+                                        "path": str(data / "lab_chatglm3_sample.jsonl")}],
+                            "stages": [{"name": "split", "ratios": [1.0, 0.0, 0.0]}, "write"]})
+    manifest = Pipeline(cfg).run(tmp_path / "out", progress=False)
+    counts = manifest["counts"]
+    assert "inconsistent_shape" not in counts["rejected"]
+    lines = [json.loads(t) for t in (tmp_path / "out" / "train.jsonl").read_text(
+        encoding="utf-8").splitlines()]
+    assert {ln["lineage"]["line"] is None for ln in lines} == {True, False}
+    assert counts["train"] == len(lines) == counts["input"] - sum(counts["removed"].values()) \
+        - sum(counts["rejected"].values())
