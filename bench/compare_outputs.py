@@ -69,11 +69,12 @@ def run_one(cfg: Path, out: Path) -> None:
 
 def _stats(manifest: dict, out: Path) -> dict:
     """What the stages reported (stats and artifacts), without what varies from run to run:
-    timings, package versions, the output folder's name."""
+    timings, package versions, the output folder's and the checkout's names."""
     stats = {"stage_stats": manifest.get("stage_stats", {}),
              "artifacts": {k: v for k, v in manifest.get("artifacts", {}).items()
                            if k not in ("report", "gx")}}
-    return json.loads(json.dumps(stats, ensure_ascii=False).replace(str(out), "OUT"))
+    text = json.dumps(stats, ensure_ascii=False)
+    return json.loads(text.replace(str(out), "OUT").replace(str(ROOT), "ROOT"))
 
 
 def snapshot(dest: Path, shared: Path, only: set[str] | None) -> None:
@@ -87,7 +88,7 @@ def snapshot(dest: Path, shared: Path, only: set[str] | None) -> None:
             run_one(cfg, Path(tmp))
             target.mkdir(parents=True)
             for f in FILES:
-                shutil.copyfile(Path(tmp) / f, target / f)
+                (target / f).write_bytes(_portable(Path(tmp) / f))
             manifest = json.loads((Path(tmp) / "manifest.json").read_text(encoding="utf-8"))
             (target / "counts.json").write_text(json.dumps(manifest["counts"], indent=1,
                                                            sort_keys=True, ensure_ascii=False),
@@ -98,8 +99,15 @@ def snapshot(dest: Path, shared: Path, only: set[str] | None) -> None:
         print(f"{name}: saved to {target}")
 
 
+def _portable(path: Path) -> bytes:
+    """The file's bytes with this checkout's folder written as ROOT: the demo configs name their
+    inputs relative to themselves, so the lineage of a demo record holds the checkout's path,
+    and a snapshot made in another checkout (a ``git worktree`` of the old commit) must match."""
+    return path.read_bytes().replace(str(ROOT).encode(), b"ROOT")
+
+
 def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(_portable(path)).hexdigest()
 
 
 def compare(base: Path, shared: Path, only: set[str] | None) -> int:
