@@ -9,7 +9,14 @@ subprocess; "peak MB" is the driver's peak RSS (Ray's workers are separate proce
 separately as the largest one's peak).
 
     python -m bench.bench_scale [--sizes 100000,1000000] [--engines local,ray] [--ray-cpus 2]
-                                [--ray-address ADDR]
+                                [--ray-address ADDR] [--anchor DIR [--parallel]]
+
+``--anchor DIR``: a checkout of the code to compare with (``git worktree add /tmp/base REV``);
+each run is repeated with that code on the same input and printed next to it, with the ratios
+of peak memory and records/s and whether the splits and rejects are byte-identical. The anchor
+for the streaming whole-stream stages (records on disk, keys in memory) is the commit before
+them, 70efd2d. ``--parallel`` runs the two at once (halves the wall time on a loaded machine;
+peak memory is each process's own, but records/s then compete for the same CPUs).
 
 On a cluster: start Ray there (``ray start --head`` on one node, ``ray start --address HEAD:6379``
 on the others, this package installed on all of them with ``pip install .[ray]``), put the
@@ -21,7 +28,9 @@ over the cluster's CPUs, while the driver keeps the books and the whole-stream s
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import random
 import resource
 import subprocess
@@ -56,9 +65,11 @@ def write_input(path: Path, n: int, corpora: Path, seed: int = 0) -> None:
             fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
-def run_one(input_path: Path, engine: str, workdir: Path, ray_cpus: int,
-            ray_address: str | None) -> dict:
-    name = f"scale-{engine}"
+def start_one(input_path: Path, engine: str, workdir: Path, ray_cpus: int,
+              ray_address: str | None, code_root: Path = ROOT, tag: str = ""
+              ) -> tuple[subprocess.Popen, Path, float]:
+    """Start one ``dataprep run`` of ``code_root``'s code; :func:`finish_one` collects it."""
+    name = f"scale-{engine}{tag}"
     cfg = {"name": name, "seed": 42, "stages": STAGES,
            "inputs": [{"reader": "chatglm3", "path": str(input_path)}]}
     cfg_path = workdir / f"{name}.yaml"
@@ -72,22 +83,45 @@ def run_one(input_path: Path, engine: str, workdir: Path, ray_cpus: int,
             "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
             "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
             "sys.exit(rc)")
-    t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                         cwd=ROOT)
+    env = {**os.environ, "PYTHONPATH": str(code_root)}
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=code_root, env=env)
+    return proc, out, time.perf_counter()
+
+
+def finish_one(started: tuple[subprocess.Popen, Path, float], engine: str) -> dict:
+    proc, out, t0 = started
+    _, stderr = proc.communicate()
     wall = time.perf_counter() - t0
-    if res.returncode not in (0, 1):  # 1: the data had rejects, as intended
-        raise SystemExit(f"{name}: dataprep run failed:\n{res.stderr[-3000:]}")
-    line = next(x for x in res.stderr.splitlines() if x.startswith("MAXRSS_KB"))
+    if proc.returncode not in (0, 1):  # 1: the data had rejects, as intended
+        raise SystemExit(f"{out.name}: dataprep run failed:\n{stderr[-3000:]}")
+    line = next(x for x in stderr.splitlines() if x.startswith("MAXRSS_KB"))
     own_kb, child_kb = (int(v) for v in line.split()[1:3])
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     counts = manifest["counts"]
+    digest = hashlib.sha256()
+    for f in ("train.jsonl", "dev.jsonl", "test.jsonl", "rejects.jsonl"):
+        digest.update((out / f).read_bytes())
     return {"engine": engine, "input": counts["input"], "wall_s": round(wall, 1),
             "pipeline_s": manifest["seconds"]["total"],
             "records_per_s": round(counts["input"] / manifest["seconds"]["total"]),
             "peak_mb": round(own_kb / 1024), "largest_child_mb": round(child_kb / 1024),
             "counts": {k: counts[k] for k in ("train", "dev", "test")},
-            "removed": counts["removed"], "by_stage": manifest["seconds"]["by_stage"]}
+            "removed": counts["removed"], "by_stage": manifest["seconds"]["by_stage"],
+            "outputs_sha256": digest.hexdigest()}
+
+
+def run_one(input_path: Path, engine: str, workdir: Path, ray_cpus: int,
+            ray_address: str | None, code_root: Path = ROOT, tag: str = "") -> dict:
+    return finish_one(start_one(input_path, engine, workdir, ray_cpus, ray_address, code_root,
+                                tag), engine)
+
+
+def _row(n: int, label: str, r: dict) -> str:
+    c = r["counts"]
+    return (f"{n:>9,} {label:<13} {r['records_per_s']:>10,} {r['pipeline_s']:>10.1f} "
+            f"{r['peak_mb']:>8,} {r['largest_child_mb']:>8,}  "
+            f"{c['train']}/{c['dev']}/{c['test']}  by stage: {r['by_stage']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,12 +131,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engines", default="local,ray")
     p.add_argument("--ray-cpus", type=int, default=2)
     p.add_argument("--ray-address", default=None)
+    p.add_argument("--anchor", type=Path, default=None,
+                   help="a checkout of the code to compare with, run on the same input")
+    p.add_argument("--parallel", action="store_true",
+                   help="run the anchor at the same time as this code")
     args = p.parse_args(argv)
     corpora = args.shared / "corpora"
     if not corpora.is_dir():
         print(f"bench_scale: no corpora at {corpora}; pass --shared", file=sys.stderr)
         return 2
-    print(f"{'records':>9} {'engine':<6} {'records/s':>10} {'pipeline s':>10} {'peak MB':>8} "
+    if args.anchor is not None and not (args.anchor / "dataprep" / "cli.py").is_file():
+        print(f"bench_scale: {args.anchor} is not a checkout of this project", file=sys.stderr)
+        return 2
+    print(f"{'records':>9} {'engine':<13} {'records/s':>10} {'pipeline s':>10} {'peak MB':>8} "
           f"{'child MB':>8}  train/dev/test")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -111,13 +152,26 @@ def main(argv: list[str] | None = None) -> int:
             write_input(input_path, n, corpora)
             rows = {}
             for engine in args.engines.split(","):
-                r = run_one(input_path, engine, work, args.ray_cpus, args.ray_address)
-                rows[engine] = r
-                c = r["counts"]
-                print(f"{n:>9,} {engine:<6} {r['records_per_s']:>10,} {r['pipeline_s']:>10.1f} "
-                      f"{r['peak_mb']:>8,} {r['largest_child_mb']:>8,}  "
-                      f"{c['train']}/{c['dev']}/{c['test']}  by stage: {r['by_stage']}",
-                      flush=True)
+                runs = [("", ROOT)] + ([("-anchor", args.anchor)] if args.anchor else [])
+                if args.parallel:
+                    started = [start_one(input_path, engine, work, args.ray_cpus,
+                                         args.ray_address, root, tag) for tag, root in runs]
+                    results = [finish_one(s, engine) for s in started]
+                else:
+                    results = [run_one(input_path, engine, work, args.ray_cpus,
+                                       args.ray_address, root, tag) for tag, root in runs]
+                rows[engine] = r = results[0]
+                print(_row(n, engine, r), flush=True)
+                if args.anchor:
+                    a = results[1]
+                    print(_row(n, f"{engine}-anchor", a), flush=True)
+                    print(f"{n:>9,} {engine} vs anchor ({args.anchor}): peak memory "
+                          f"{r['peak_mb']:,} / {a['peak_mb']:,} MB = "
+                          f"{r['peak_mb'] / max(1, a['peak_mb']):.2f}x, records/s "
+                          f"{r['records_per_s'] / max(1, a['records_per_s']):.2f}x"
+                          f"{' (run side by side)' if args.parallel else ''}; splits and "
+                          f"rejects byte-identical: {r['outputs_sha256'] == a['outputs_sha256']}",
+                          flush=True)
             if {"local", "ray"} <= rows.keys():
                 a, b = rows["local"], rows["ray"]
                 same = a["counts"] == b["counts"] and a["removed"] == b["removed"]

@@ -3,7 +3,8 @@ equal manifest counts.
 
 Two steps. ``snapshot`` runs the shipped demo configs (configs/spo|docqa|hotel.yaml) and, when the
 shared corpora are there, the same pipelines on the real corpora (the inputs of bench/bench_run.py),
-and saves train/dev/test/rejects.jsonl plus the manifest counts under DIR/NAME/. ``compare`` runs
+and saves train/dev/test/rejects.jsonl plus the manifest counts and the stages' stats and
+artifacts (duplicate clusters, leakage audit, balance classes; without timings) under DIR/NAME/. ``compare`` runs
 them again with the code as it is now and compares with a saved snapshot::
 
     python bench/compare_outputs.py snapshot /tmp/arch-baseline          # on the old code
@@ -66,6 +67,16 @@ def run_one(cfg: Path, out: Path) -> None:
         raise SystemExit(f"{cfg}: dataprep run failed (exit {res.returncode}):\n{res.stderr}")
 
 
+def _stats(manifest: dict, out: Path) -> dict:
+    """What the stages reported (stats and artifacts), without what varies from run to run:
+    timings, package versions, the output folder's and the checkout's names."""
+    stats = {"stage_stats": manifest.get("stage_stats", {}),
+             "artifacts": {k: v for k, v in manifest.get("artifacts", {}).items()
+                           if k not in ("report", "gx")}}
+    text = json.dumps(stats, ensure_ascii=False)
+    return json.loads(text.replace(str(out), "OUT").replace(str(ROOT), "ROOT"))
+
+
 def snapshot(dest: Path, shared: Path, only: set[str] | None) -> None:
     for name, cfg in run_configs(shared).items():
         if only and name not in only:
@@ -77,15 +88,26 @@ def snapshot(dest: Path, shared: Path, only: set[str] | None) -> None:
             run_one(cfg, Path(tmp))
             target.mkdir(parents=True)
             for f in FILES:
-                shutil.copyfile(Path(tmp) / f, target / f)
-            counts = json.loads((Path(tmp) / "manifest.json").read_text(encoding="utf-8"))["counts"]
-            (target / "counts.json").write_text(json.dumps(counts, indent=1, sort_keys=True,
-                                                           ensure_ascii=False), encoding="utf-8")
+                (target / f).write_bytes(_portable(Path(tmp) / f))
+            manifest = json.loads((Path(tmp) / "manifest.json").read_text(encoding="utf-8"))
+            (target / "counts.json").write_text(json.dumps(manifest["counts"], indent=1,
+                                                           sort_keys=True, ensure_ascii=False),
+                                                encoding="utf-8")
+            (target / "stats.json").write_text(json.dumps(_stats(manifest, Path(tmp)), indent=1,
+                                                          sort_keys=True, ensure_ascii=False),
+                                               encoding="utf-8")
         print(f"{name}: saved to {target}")
 
 
+def _portable(path: Path) -> bytes:
+    """The file's bytes with this checkout's folder written as ROOT: the demo configs name their
+    inputs relative to themselves, so the lineage of a demo record holds the checkout's path,
+    and a snapshot made in another checkout (a ``git worktree`` of the old commit) must match."""
+    return path.read_bytes().replace(str(ROOT).encode(), b"ROOT")
+
+
 def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(_portable(path)).hexdigest()
 
 
 def compare(base: Path, shared: Path, only: set[str] | None) -> int:
@@ -100,10 +122,19 @@ def compare(base: Path, shared: Path, only: set[str] | None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             run_one(cfg, Path(tmp))
             bad = [f for f in FILES if _digest(Path(tmp) / f) != _digest(base / name / f)]
-            counts = json.loads((Path(tmp) / "manifest.json").read_text(encoding="utf-8"))["counts"]
+            manifest = json.loads((Path(tmp) / "manifest.json").read_text(encoding="utf-8"))
+            counts = manifest["counts"]
             old = json.loads((base / name / "counts.json").read_text(encoding="utf-8"))
             if counts != old:
                 bad.append(f"manifest counts ({old} -> {counts})")
+            stats_path = base / name / "stats.json"  # absent in snapshots made before it was
+            if stats_path.is_file():
+                old_stats = json.loads(stats_path.read_text(encoding="utf-8"))
+                new_stats = _stats(manifest, Path(tmp))
+                for part in ("stage_stats", "artifacts"):
+                    for key in sorted(set(old_stats[part]) | set(new_stats[part])):
+                        if old_stats[part].get(key) != new_stats[part].get(key):
+                            bad.append(f"manifest {part}.{key}")
         differences += len(bad)
         print(f"{name}: {'identical' if not bad else 'DIFFERENT: ' + ', '.join(bad)}")
     return 1 if differences else 0

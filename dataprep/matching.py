@@ -13,6 +13,9 @@ leakage audit, before anything is removed. When ``split`` later asks for the rec
 decided pairwise (LSH buckets and MinHash estimates of two records do not depend on the others),
 so the pairs among a subset are exactly the full result's pairs between members of that subset.
 
+Its users hold no records: they fill a :class:`KeyTable` (per record only its id, source file,
+sample key and call guard) as the records stream past, and cluster that.
+
     matching: {threshold: 0.65, ngram: 4, fields: auto}
 
 >>> Matching(MatchingConfig(threshold=0.7)).config.engine().threshold
@@ -21,8 +24,9 @@ so the pairs among a subset are exactly the full result's pairs between members 
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePath
 from typing import Any, ClassVar
@@ -122,15 +126,36 @@ class MatchingConfig:
 
 
 @dataclass
-class MatchResult:
-    """Records, their sample keys and call guards, and the engine's clustering of them."""
+class KeyTable:
+    """What matching keeps of each record instead of the record: its id, source file (interned:
+    one string per file), sample key and, with ``match_calls``, call guard; lists in input order.
+    Filled by :meth:`Matching.add` as the records stream past."""
 
-    records: list[Conversation]
-    keys: list[str]
-    guards: list[str | None] | None
+    ids: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    guards: list[str | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class MatchResult:
+    """The records' keys (a :class:`KeyTable`) and the engine's clustering of them."""
+
+    table: KeyTable
     clustering: Clustering
     engine_stats: dict[str, Any] = field(default_factory=dict)
     reused: bool = False  # cut out of an earlier result rather than computed
+
+    @property
+    def keys(self) -> list[str]:
+        return self.table.keys
+
+    @property
+    def guards(self) -> list[str | None] | None:
+        return self.table.guards
 
 
 class Matching:
@@ -150,41 +175,62 @@ class Matching:
     def guards(self, records: Sequence[Conversation]) -> list[str | None] | None:
         return [call_signature(r) for r in records] if self.config.match_calls else None
 
-    def cluster(self, records: list[Conversation], near: bool = True) -> MatchResult:
-        """Cluster ``records``; the first call of a run also audits the input's leakage."""
-        keys, guards = self.keys(records), self.guards(records)
-        result = self._restrict(records, keys, guards) if near and self._near else None
+    def table(self, records: Iterable[Conversation] = ()) -> KeyTable:
+        """A :class:`KeyTable` of ``records`` (empty by default: fill it with :meth:`add`)."""
+        table = KeyTable(guards=[] if self.config.match_calls else None)
+        for rec in records:
+            self.add(table, rec)
+        return table
+
+    def add(self, table: KeyTable, rec: Conversation) -> None:
+        """Append what matching needs of ``rec`` to ``table``."""
+        table.ids.append(rec.id)
+        table.sources.append(sys.intern(rec.lineage.source))
+        table.keys.append(sample_key(rec, self.config.fields))
+        if table.guards is not None:
+            table.guards.append(call_signature(rec))
+
+    def cluster(self, records: KeyTable | Sequence[Conversation], near: bool = True
+                ) -> MatchResult:
+        """Cluster the records (their :class:`KeyTable`, or the records themselves); the first
+        call of a run also audits the input's leakage."""
+        table = records if isinstance(records, KeyTable) else self.table(records)
+        result = self._restrict(table) if near and self._near else None
         if result is None:
             stats: dict[str, Any] = {}
-            clustering = self.find_duplicates(keys, self.config.engine(near), guards=guards,
-                                              stats=stats)
-            result = MatchResult(records, keys, guards, clustering, stats)
+            clustering = self.find_duplicates(table.keys, self.config.engine(near),
+                                              guards=table.guards, stats=stats)
+            result = MatchResult(table, clustering, stats)
             self._last, self._near = result, near
         if self.input_leakage is None:
-            self.input_leakage = leakage_report(records, keys, result.clustering,
+            self.input_leakage = leakage_report(table, table.keys, result.clustering,
                                                 self.config.source_splits)
         return result
 
-    def _restrict(self, records: list[Conversation], keys: list[str],
-                  guards: list[str | None] | None) -> MatchResult | None:
-        """The last result cut down to ``records``, or None when they are not a subset of it in
-        the same order with unchanged keys (then the engine has to run)."""
+    def _restrict(self, table: KeyTable) -> MatchResult | None:
+        """The last result cut down to ``table``, or None when its records are not a subset of
+        the last result's first-of-key records in the same order (then the engine has to run).
+
+        A record is found by its sample key: the first-of-key records have distinct normalised,
+        hence distinct raw keys, and a clustering depends on nothing but the keys and guards."""
         last = self._last
-        if last is None or not records:
+        if last is None or not len(table):
             return None
-        where = {id(r): i for i, r in enumerate(last.records)}
-        idx: list[int] = []
         full = last.clustering
-        for k, rec in enumerate(records):
-            i = where.get(id(rec))
-            # Only first-of-key records were indexed for near matching; an exact copy of a record
-            # that is not in the subset would be indexed in a fresh run and could find pairs.
-            if (i is None or (idx and i <= idx[-1]) or int(full.exact_rep[i]) != i
-                    or last.keys[i] != keys[k]
-                    or (guards is not None and (last.guards is None
-                                                or last.guards[i] != guards[k]))):
+        # Only first-of-key records were indexed for near matching; an exact copy of a record
+        # that is not in the subset would be indexed in a fresh run and could find pairs.
+        first = np.flatnonzero(full.exact_rep == np.arange(len(full.exact_rep)))
+        where = {last.keys[i]: i for i in first.tolist()}
+        guards, last_guards = table.guards, last.guards
+        idx: list[int] = []
+        for k, key in enumerate(table.keys):
+            i = where.get(key)
+            if (i is None or (idx and i <= idx[-1])
+                    or (guards is not None and (last_guards is None
+                                                or last_guards[i] != guards[k]))):
                 return None
             idx.append(i)
+        del where
         pos = {i: k for k, i in enumerate(idx)}
         edges = [(pos[a], pos[b], s) for a, b, s in full.edges if a in pos and b in pos]
         n = len(idx)
@@ -203,25 +249,29 @@ class Matching:
                                 edge_i=np.asarray([e[0] for e in edges], dtype=np.int64),
                                 edge_j=np.asarray([e[1] for e in edges], dtype=np.int64),
                                 edge_sim=np.asarray([e[2] for e in edges], dtype=np.float32))
-        return MatchResult(records, keys, guards, clustering, {}, reused=True)
+        return MatchResult(table, clustering, {}, reused=True)
 
 
-def leakage_report(recs: list[Conversation], keys: list[str], result: Clustering,
+def leakage_report(recs: KeyTable | Sequence[Conversation], keys: list[str], result: Clustering,
                    source_splits: dict[str, str] | None, max_examples: int = 20) -> dict[str, Any]:
-    """The input leakage audit: of the records from held-out files, how many have an exact or
-    near duplicate in a train file.
+    """The input leakage audit: of the records (their :class:`KeyTable`, or the records) from
+    held-out files, how many have an exact or near duplicate in a train file.
 
     >>> leakage_report(recs, keys, find_duplicates(keys), None)["rate"]  # doctest: +SKIP
     0.0199
     """
-    splits = [source_split(r.lineage.source, source_splits) for r in recs]
+    if isinstance(recs, KeyTable):
+        ids, sources = recs.ids, recs.sources
+    else:
+        ids, sources = [r.id for r in recs], [r.lineage.source for r in recs]
+    by_source = {s: source_split(s, source_splits) for s in set(sources)}
+    splits = [by_source[s] for s in sources]
     matches = held_out_matches(result, splits)
     held_out = Counter(s for s in splits if s not in (None, "train"))
     leaked = Counter(splits[i] for i, _, _ in matches)
     n_held, n_leaked = sum(held_out.values()), len(matches)
     exact = {i for i, j, _ in matches if result.key_hash[i] == result.key_hash[j]}
-    by_file = sorted({(PurePath(r.lineage.source).name, s) for r, s in zip(recs, splits,
-                                                                            strict=True)})
+    by_file = sorted({(PurePath(source).name, split) for source, split in by_source.items()})
     return {
         "rate": round(n_leaked / n_held, 4) if n_held else 0.0,
         "leaked": n_leaked,
@@ -232,8 +282,8 @@ def leakage_report(recs: list[Conversation], keys: list[str], result: Clustering
                             for s, n in sorted(held_out.items())},
         "sources": {name: split for name, split in by_file},
         "pairs_examples": [
-            {"id": recs[i].id, "split": splits[i], "text": _short(keys[i]),
-             "train_id": recs[j].id, "train_text": _short(keys[j]),
+            {"id": ids[i], "split": splits[i], "text": _short(keys[i]),
+             "train_id": ids[j], "train_text": _short(keys[j]),
              "similarity": round(sim, 4), "kind": "exact" if i in exact else "near"}
             for i, j, sim in matches[:max_examples]],
     }

@@ -153,6 +153,9 @@ class Pipeline:
         except BaseException:
             ctx.discard_rejects()
             raise
+        finally:
+            # The stages' record stores (dataprep.spill) are scratch: never part of a generation.
+            ctx.remove_spill()
         ctx.write_rejects()
         finish_seconds: dict[str, float] = {}
         for stage in self.stages:

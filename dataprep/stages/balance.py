@@ -27,6 +27,9 @@ seeded by the run seed and the class, so the result does not depend on input ord
 
 Each corpus, and after the split each balanced split, is balanced on its own (its own median).
 
+The stage holds per record only its class and id; the records wait on disk
+(:mod:`dataprep.spill`) and are read back to be passed on, removed (as evidence) or copied.
+
 ``Balance.stats``: label, mode, splits, ``before``/``after`` class sizes (flat, keyed
 ``corpus:label`` or ``corpus/split:label`` when several groups are balanced), ``by_corpus`` (one
 entry per group) with the resolved cap, floor and median, ``removed``, ``added`` and, in weight
@@ -40,13 +43,17 @@ from __future__ import annotations
 
 import random
 import statistics
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from dataprep.errors import ConfigError
 from dataprep.record import Conversation
+from dataprep.spill import RecordStore
 from dataprep.stages.base import RunContext, Stage, StageOptions
 
 MODES = ("cap", "floor", "both", "weight")
@@ -150,27 +157,47 @@ class Balance(Stage):
         return label_function(name, self.buckets)
 
     def run(self, records: Iterable[Conversation], ctx: RunContext) -> Iterator[Conversation]:
-        recs = list(records)
-        after_split = any(r.split is not None for r in recs)
+        # Class sizes need every record. The records wait on disk (dataprep.spill); per record
+        # this holds its store number in its class, its id (the sampling order) and, at the end,
+        # whether it was removed and its weight.
+        with ctx.record_store(self.name) as store:
+            yield from self._balance(records, store, ctx)
+
+    def _balance(self, records: Iterable[Conversation], store: RecordStore, ctx: RunContext
+                 ) -> Iterator[Conversation]:
+        # Classes per corpus and per split: each balanced split is balanced on its own. Whether
+        # the run is past the split is known only at the end (any record with a split): until
+        # then records without one are grouped under split None.
+        found: dict[tuple[str, str | None], dict[str, list[int]]] = defaultdict(
+            lambda: defaultdict(list))
+        label_fns: dict[str, Callable[[Conversation], str]] = {}
+        ids: dict[int, str] = {}
+        after_split = False
+        wanted = set(self.splits or ["train"])
+        for rec in records:
+            n = store.append(rec)
+            if rec.split is not None:
+                after_split = True
+                if rec.split not in wanted:
+                    continue
+            if rec.corpus not in label_fns:
+                label_fns[rec.corpus] = self._label_of(rec.corpus)
+            label = sys.intern(label_fns[rec.corpus](rec))
+            found[(sys.intern(rec.corpus), rec.split)][label].append(n)
+            ids[n] = rec.id
         if self.splits is not None and not after_split:
             raise ConfigError("balance.splits only applies after the 'split' stage; put "
                               "'balance' after 'split' or drop the 'splits' option")
-        targets = set(self.splits or ["train"]) if after_split else None
+        targets = wanted if after_split else None
+        classes: dict[tuple[str, str], dict[str, list[int]]] = {
+            (corpus, split or ""): members for (corpus, split), members in found.items()
+            if not (after_split and split is None)}  # after the split: only the target splits
+        del found
         seed = ctx.seed if self.seed is None else self.seed
 
-        # Classes per corpus and per split: each balanced split is balanced on its own.
-        classes: dict[tuple[str, str], dict[str, list[Conversation]]] = defaultdict(
-            lambda: defaultdict(list))
-        label_fns: dict[str, Callable[[Conversation], str]] = {}
-        for rec in recs:
-            if targets is not None and rec.split not in targets:
-                continue
-            if rec.corpus not in label_fns:
-                label_fns[rec.corpus] = self._label_of(rec.corpus)
-            classes[(rec.corpus, rec.split or "")][label_fns[rec.corpus](rec)].append(rec)
-
-        removed: set[int] = set()
-        copies: dict[int, list[Conversation]] = defaultdict(list)
+        removed = np.zeros(len(store), dtype=bool)
+        weights = np.full(len(store), np.nan)
+        copies: dict[int, list[tuple[str, str]]] = defaultdict(list)
         by_corpus: dict[str, Any] = {}
         several_splits = len({split for _, split in classes}) > 1
         for corpus, split in sorted(classes):
@@ -178,20 +205,26 @@ class Balance(Stage):
             if several_splits:
                 key = f"{key}/{split}"
             by_corpus[key] = self._balance_group(
-                f"{corpus}:{split}", classes[(corpus, split)], seed, ctx, removed, copies)
+                f"{corpus}:{split}", classes[(corpus, split)], ids, seed, ctx, store, removed,
+                weights, copies)
+        del classes, ids
 
-        out = []
-        for rec in recs:
-            if id(rec) in removed:
-                continue
-            out.append(rec)
-            out.extend(copies.get(id(rec), []))
         self._write_stats(by_corpus, after_split, targets)
-        yield from out
+        for n, rec in enumerate(store):
+            if removed[n]:
+                continue
+            if not np.isnan(weights[n]):
+                rec.weight = float(weights[n])
+            # Copies are made before the parent is passed on: a later stage may change it.
+            made = [ctx.add(rec.derive(new_id, "balance_upsample", balance_label=label),
+                            "balance_upsample") for new_id, label in copies.get(n, [])]
+            yield rec
+            yield from made
 
-    def _balance_group(self, group: str, members: dict[str, list[Conversation]], seed: int,
-                        ctx: RunContext, removed: set[int],
-                        copies: dict[int, list[Conversation]]) -> dict[str, Any]:
+    def _balance_group(self, group: str, members: dict[str, list[int]], ids: dict[int, str],
+                       seed: int, ctx: RunContext, store: RecordStore, removed: np.ndarray,
+                       weights: np.ndarray, copies: dict[int, list[tuple[str, str]]]
+                       ) -> dict[str, Any]:
         sizes = {label: len(v) for label, v in members.items()}
         median = statistics.median(sizes.values())
         cap = resolve_count("cap", self.cap, median) if self.mode in ("cap", "both") else None
@@ -200,16 +233,17 @@ class Balance(Stage):
         if cap is not None and floor is not None and floor > cap:
             raise ConfigError(f"balance: floor {floor} is above cap {cap} for {group!r}")
         after: dict[str, float] = {}
-        weights: dict[str, float] = {}
+        label_weights: dict[str, float] = {}
         total = sum(sizes.values())
         for label in sorted(members):
-            pool = sorted(members[label], key=lambda r: r.id)
+            # Sorted by id (stable: equal ids stay in input order), then a seeded shuffle.
+            pool = sorted(members[label], key=ids.__getitem__)
             random.Random(f"{seed}:balance:{group}:{label}").shuffle(pool)
             n = len(pool)
             if cap is not None and n > cap:
-                for rec in pool[cap:]:
-                    removed.add(id(rec))
-                    ctx.remove(rec, "balance_downsample",
+                for k in pool[cap:]:
+                    removed[k] = True
+                    ctx.remove(store.get(k), "balance_downsample",
                                f"class {label!r} has {n} records, over cap {cap}; "
                                f"a seeded sample of {cap} is kept", stage=self.name)
                 n = cap
@@ -218,19 +252,16 @@ class Balance(Stage):
                 made: Counter[str] = Counter()
                 for j in range(need):
                     parent = pool[j % len(pool)]
-                    made[parent.id] += 1
-                    child = parent.derive(f"{parent.id}#up{made[parent.id]}", "balance_upsample",
-                                          balance_label=label)
-                    copies[id(parent)].append(ctx.add(child, "balance_upsample"))
+                    made[ids[parent]] += 1
+                    copies[parent].append((f"{ids[parent]}#up{made[ids[parent]]}", label))
                 n = floor
             elif self.mode == "weight":
                 w = total / (len(members) * n)
                 if self.max_weight is not None:
                     w = min(w, self.max_weight)
-                weights[label] = round(w, 6)
-                for rec in pool:
-                    rec.weight = weights[label]
-                after[label] = round(n * weights[label], 3)  # the class's effective mass
+                label_weights[label] = round(w, 6)
+                weights[pool] = label_weights[label]
+                after[label] = round(n * label_weights[label], 3)  # the class's effective mass
                 continue
             after[label] = n
         info: dict[str, Any] = {
@@ -240,7 +271,7 @@ class Balance(Stage):
             info["removed"] = sum(max(sizes[k] - int(after[k]), 0) for k in sizes)
             info["added"] = sum(max(int(after[k]) - sizes[k], 0) for k in sizes)
         if self.mode == "weight":
-            info["weights"] = weights
+            info["weights"] = label_weights
         return info
 
     def _write_stats(self, by_corpus: dict[str, Any], after_split: bool,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +29,7 @@ from dataprep.errors import ConfigError, StrictModeError
 from dataprep.io import AtomicWriter, dumps_evidence
 from dataprep.record import Conversation, Reject
 from dataprep.resources import Resources
+from dataprep.spill import SPILL_DIR, RecordStore
 
 
 @dataclass
@@ -80,6 +82,7 @@ class RunContext:
         # The stage whose code is running right now (maintained by ``timed``), so that an
         # addition is credited to the stage that made it.
         self.current_stage = "read"
+        self._stores = 0
 
     # -- bookkeeping -------------------------------------------------------------------------
     def count_input(self, n: int = 1) -> None:
@@ -113,6 +116,17 @@ class RunContext:
         self.counts.added[op] += 1
         self.counts.added_by_stage[self.current_stage] += 1
         return rec
+
+    def record_store(self, name: str) -> RecordStore:
+        """A fresh disk-backed store (:mod:`dataprep.spill`) for a stage that needs every record,
+        in the generation's hidden spill folder; the stage closes it when its stream ends."""
+        self._stores += 1
+        return RecordStore(self.out_dir / SPILL_DIR / f"{name}-{self._stores}.sqlite")
+
+    def remove_spill(self) -> None:
+        """Remove the spill folder (the pipeline calls it before the generation is committed,
+        whether the stream ended or failed)."""
+        shutil.rmtree(self.out_dir / SPILL_DIR, ignore_errors=True)
 
     def _rejects_file(self) -> IO[str]:
         if self._rejects_fh is None:

@@ -8,6 +8,9 @@ with LSH candidates). The first record in input order is kept; every other one g
 ``rejects.jsonl`` as ``exact_duplicate`` or ``near_duplicate`` with the id of its kept twin, and a
 removed record is always directly similar to that twin (never through a chain).
 
+The stage holds per record only its id, source file and sample key, plus the engine's hashes and
+signatures; the records wait on disk (:mod:`dataprep.spill`) until they are passed on or removed.
+
 The input leakage audit (:mod:`dataprep.matching`) runs here, before anything is removed, because removal is what hides it:
 records read from held-out files (file name matching ``*dev*``, ``*test*``, ``*val*``; see
 ``source_splits``) that have an exact or near duplicate in a ``*train*`` file. The split stage
@@ -34,8 +37,9 @@ import numpy as np
 
 from dataprep.dedup import Clustering
 from dataprep.errors import ConfigError
-from dataprep.matching import Matching, MatchingConfig, _short, leakage_report
+from dataprep.matching import KeyTable, Matching, MatchingConfig, _short, leakage_report
 from dataprep.record import Conversation
+from dataprep.spill import RecordStore
 from dataprep.stages.base import RunContext, Stage, StageOptions
 
 __all__ = ["Dedup", "DedupOptions", "leakage_report"]
@@ -95,24 +99,34 @@ class Dedup(Stage):
 
     def run(self, records: Iterable[Conversation], ctx: RunContext) -> Iterator[Conversation]:
         # Union-find can join a record to an earlier cluster only after later records are seen,
-        # and the leakage audit needs every record: this stage consumes the stream first.
-        recs = list(records)
+        # and the leakage audit needs every record: this stage consumes the stream first. It
+        # keeps each record's id, source and sample key (a KeyTable) and the records themselves
+        # on disk (dataprep.spill), read back in order as they are passed on or removed.
+        table = self.matching.table()
+        with ctx.record_store(self.name) as store:
+            for rec in records:
+                store.append(rec)
+                self.matching.add(table, rec)
+            yield from self._decide(table, store, ctx)
+
+    def _decide(self, table: KeyTable, store: RecordStore, ctx: RunContext
+                ) -> Iterator[Conversation]:
         cfg = self.matching.config
-        match = self.matching.cluster(recs, near=self.options.near)
-        keys, result, engine = match.keys, match.clustering, match.engine_stats
+        match = self.matching.cluster(table, near=self.options.near)
+        result, engine = match.clustering, match.engine_stats
         removed: Counter[str] = Counter()
-        for i, rec in enumerate(recs):
+        for i, rec in enumerate(store):
             reason = result.reason(i)
             if reason is None:
                 yield rec
                 continue
-            twin = recs[int(result.kept[i])]
+            twin = table.ids[int(result.kept[i])]
             removed[reason] += 1
             what = ("same normalised sample key" if reason == "exact_duplicate" else
                     f"estimated Jaccard {float(result.similarity[i]):.2f} >= {cfg.threshold} on "
                     f"{cfg.ngram}-grams")
-            ctx.remove(rec, reason, f"duplicate of {twin.id} ({what})", stage=self.name,
-                       kept_id=twin.id)
+            ctx.remove(rec, reason, f"duplicate of {twin} ({what})", stage=self.name,
+                       kept_id=twin)
         clusters = result.clusters()
         self.stats.update({
             "exact_removed": removed["exact_duplicate"],
@@ -120,31 +134,32 @@ class Dedup(Stage):
             # Records whose normalised key occurred earlier, whatever their kept twin: an exact
             # copy of a record that is itself a near duplicate is removed as near_duplicate of
             # the kept record, but it is still an exact copy.
-            "exact_copies": int((result.exact_rep != np.arange(len(recs))).sum()),
+            "exact_copies": int((result.exact_rep != np.arange(len(table))).sum()),
             "clusters": len(clusters),
             "threshold": cfg.threshold,
             "ngram": cfg.ngram,
             "num_perm": cfg.num_perm,
             "fields": cfg.fields,
-            "records_in": len(recs),
+            "records_in": len(table),
             "near_pairs_verified": int(result.edge_i.size),
             "lsh_candidates": engine.get("candidates", 0),
             "lsh_bands_rows": [engine.get("lsh_bands"), engine.get("lsh_rows")],
             "components": len(result.components()),
         })
-        self.stats.artifacts["dedup_clusters"] = self._examples(recs, keys, result, clusters)
+        self.stats.artifacts["dedup_clusters"] = self._examples(table, result, clusters)
 
-    def _examples(self, recs: list[Conversation], keys: list[str], result: Clustering,
+    def _examples(self, table: KeyTable, result: Clustering,
                   clusters: dict[int, list[int]]) -> list[dict[str, Any]]:
         # Largest clusters first: they are where a template or a copy-paste went wrong.
         ranked = sorted(clusters.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        ids, keys = table.ids, table.keys
         out = []
         for kept, members in ranked[: self.options.max_examples]:
             out.append({
-                "kept_id": recs[kept].id,
+                "kept_id": ids[kept],
                 "kept_text": _short(keys[kept]),
                 "size": len(members),
-                "removed": [{"id": recs[m].id, "text": _short(keys[m]),
+                "removed": [{"id": ids[m], "text": _short(keys[m]),
                              "reason": result.reason(m),
                              "similarity": round(float(result.similarity[m]), 4)}
                             for m in members[1:11]],

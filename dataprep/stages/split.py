@@ -16,21 +16,27 @@ no duplicate outside themselves are then moved back to the splits left short, so
 (``rebalance``). The output leakage (dev/test records with an exact or near
 duplicate in train, and dev/test pairs) is then recomputed independently, by indexing the final
 train split and querying dev and test with it, and must be 0.
+
+The stage holds per record only its id, group id, label and sample key (:class:`Rows`, and the
+matching's :class:`~dataprep.matching.KeyTable`); the records wait on disk
+(:mod:`dataprep.spill`) until the splits are decided and they are passed on.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from dataprep.dedup import Clustering, DedupConfig, UnionFind, cross_matches, find_duplicates
 from dataprep.errors import ConfigError
+from dataprep.matching import KeyTable
 from dataprep.record import Conversation
 from dataprep.stages.base import RunContext, Stage, StageOptions
 
@@ -38,6 +44,36 @@ SPLITS = ("train", "dev", "test")
 # The stratum of labels too rare to be split alone. "" (records without a label) is a stratum of
 # its own; this key cannot be a label read from data.
 POOLED = "\x00pooled"
+
+
+@dataclass
+class Rows:
+    """What the splitter keeps of each record instead of the record: parallel lists, in input
+    order, of ids, group ids, labels (interned: a few distinct strings) and, once assigned,
+    splits. The functions below take it, or a list of records (``Rows.of``)."""
+
+    ids: list[str] = field(default_factory=list)
+    group_ids: list[str] = field(default_factory=list)
+    labels: list[str | None] = field(default_factory=list)
+    splits: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, rec: Conversation) -> None:
+        self.ids.append(rec.id)
+        self.group_ids.append(rec.lineage.group_id)
+        self.labels.append(None if rec.label is None else sys.intern(rec.label))
+        self.splits.append(rec.split)
+
+    @classmethod
+    def of(cls, records: Rows | Sequence[Conversation]) -> Rows:
+        if isinstance(records, Rows):
+            return records
+        rows = cls()
+        for rec in records:
+            rows.add(rec)
+        return rows
 
 
 def min_stratum_groups(ratios: tuple[float, float, float]) -> int:
@@ -51,7 +87,7 @@ def min_stratum_groups(ratios: tuple[float, float, float]) -> int:
     return max(1, math.ceil(1 / smallest - 1e-9))
 
 
-def assign_splits(records: list[Conversation], ratios: tuple[float, float, float], seed: int,
+def assign_splits(records: Rows | Sequence[Conversation], ratios: tuple[float, float, float], seed: int,
                   stratify: bool = True, min_groups: int | None = None,
                   report: dict[str, Any] | None = None) -> dict[str, str]:
     """Map group id -> split name.
@@ -65,12 +101,13 @@ def assign_splits(records: list[Conversation], ratios: tuple[float, float, float
     >>> assign_splits(recs, (0.8, 0.1, 0.1), seed=42)  # doctest: +SKIP
     {'spo:a.json:1': 'train', ...}
     """
-    groups: dict[str, list[Conversation]] = defaultdict(list)
-    for rec in records:
-        groups[rec.lineage.group_id].append(rec)
+    rows = Rows.of(records)
+    groups: dict[str, list[str | None]] = defaultdict(list)  # group id -> its records' labels
+    for gid, label in zip(rows.group_ids, rows.labels, strict=True):
+        groups[gid].append(label)
     strata: dict[str, list[str]] = defaultdict(list)
-    for gid, members in groups.items():
-        label = Counter(m.label or "" for m in members).most_common(1)[0][0] if stratify else ""
+    for gid, labels in groups.items():
+        label = Counter(x or "" for x in labels).most_common(1)[0][0] if stratify else ""
         strata[label].append(gid)
     need = min_stratum_groups(ratios) if min_groups is None else min_groups
     rare = sorted(label for label, gids in strata.items() if len(gids) < need) if stratify else []
@@ -106,7 +143,7 @@ def assign_splits(records: list[Conversation], ratios: tuple[float, float, float
     return assignment
 
 
-def decontaminate(records: list[Conversation], assignment: dict[str, str], keys: list[str],
+def decontaminate(records: Rows | Sequence[Conversation], assignment: dict[str, str], keys: list[str],
                   config: DedupConfig | None = None, guards: list[str | None] | None = None,
                   result: Clustering | None = None) -> dict[str, Any]:
     """Move every duplicate cluster that spans splits into one split, in place in ``assignment``
@@ -121,13 +158,16 @@ def decontaminate(records: list[Conversation], assignment: dict[str, str], keys:
     >>> moves["moved_records"], moves["moved_clusters"]  # doctest: +SKIP
     (12, 5)
     """
+    rows = Rows.of(records)
+    group_ids, labels = rows.group_ids, rows.labels
     if result is None:
         result = find_duplicates(keys, config, guards=guards)
-    uf = UnionFind(len(records))
+    uf = UnionFind(len(rows))
     uf.parent[:] = result.roots  # components of duplicates (roots are their own parents)
     first_of_group: dict[str, int] = {}
-    for i, rec in enumerate(records):
-        uf.union(first_of_group.setdefault(rec.lineage.group_id, i), i)
+    for i, gid in enumerate(group_ids):
+        uf.union(first_of_group.setdefault(gid, i), i)
+    del first_of_group
     roots = uf.roots()
     order = np.argsort(roots, kind="stable")
     bounds = np.flatnonzero(np.diff(roots[order])) + 1
@@ -138,19 +178,19 @@ def decontaminate(records: list[Conversation], assignment: dict[str, str], keys:
     for members in np.split(order, bounds):
         if len(members) < 2:
             continue
-        gids = sorted({records[m].lineage.group_id for m in members})
-        counts = Counter(assignment[records[m].lineage.group_id] for m in members)
+        gids = sorted({group_ids[m] for m in members})
+        counts = Counter(assignment[group_ids[m]] for m in members)
         if len(counts) < 2:
             continue
         target = max(SPLITS, key=lambda s: (counts.get(s, 0), -SPLITS.index(s)))
-        moving = [int(m) for m in members if assignment[records[m].lineage.group_id] != target]
+        moving = [int(m) for m in members if assignment[group_ids[m]] != target]
         for m in moving:
-            left[assignment[records[m].lineage.group_id]][records[m].label or ""] += 1
+            left[assignment[group_ids[m]]][labels[m] or ""] += 1
         moved_records += len(moving)
         moved_clusters += 1
         if len(examples) < 20:
             examples.append({"to": target, "from": dict(sorted(counts.items())),
-                             "ids": [records[m].id for m in moving[:10]]})
+                             "ids": [rows.ids[m] for m in moving[:10]]})
         for gid in gids:
             assignment[gid] = target
         frozen.update(gids)
@@ -159,7 +199,7 @@ def decontaminate(records: list[Conversation], assignment: dict[str, str], keys:
             "components": roots, "frozen": frozen, "left": left}
 
 
-def rebalance(records: list[Conversation], assignment: dict[str, str],
+def rebalance(records: Rows | Sequence[Conversation], assignment: dict[str, str],
               ratios: tuple[float, float, float], seed: int, components: np.ndarray,
               frozen: set[str], lost: dict[str, Counter] | None = None) -> int:
     """Restore the ratios after decontamination by moving whole, untouched components.
@@ -177,19 +217,22 @@ def rebalance(records: list[Conversation], assignment: dict[str, str],
     ...           moves["left"])  # doctest: +SKIP
     11
     """
+    rows = Rows.of(records)
+    group_ids, labels = rows.group_ids, rows.labels
     members: dict[int, list[int]] = defaultdict(list)
     for i, root in enumerate(components.tolist()):
         members[root].append(i)
     comps = []
     for root in sorted(members):
-        gids = {records[i].lineage.group_id for i in members[root]}
+        gids = {group_ids[i] for i in members[root]}
         if gids & frozen:
             continue
-        label = Counter(records[i].label or "" for i in members[root]).most_common(1)[0][0]
+        label = Counter(labels[i] or "" for i in members[root]).most_common(1)[0][0]
         comps.append((root, len(members[root]), label, sorted(gids)))
+    del members
     random.Random(seed).shuffle(comps)
-    total = len(records)
-    sizes = Counter(assignment[r.lineage.group_id] for r in records)
+    total = len(rows)
+    sizes = Counter(assignment[gid] for gid in group_ids)
     target = {s: ratios[k] * total for k, s in enumerate(SPLITS)}
     moved = 0
     used: set[int] = set()
@@ -215,7 +258,7 @@ def rebalance(records: list[Conversation], assignment: dict[str, str],
     return moved
 
 
-def output_leakage(records: list[Conversation], keys: list[str],
+def output_leakage(records: Rows | Sequence[Conversation], keys: list[str],
                    config: DedupConfig | None = None,
                    guards: list[str | None] | None = None) -> dict[str, Any]:
     """Independent audit of the final splits: index train, query dev and test with it (and index
@@ -224,10 +267,11 @@ def output_leakage(records: list[Conversation], keys: list[str],
     >>> output_leakage(recs, keys)["leaked"]  # doctest: +SKIP
     0
     """
+    rows = Rows.of(records)
     by_split: dict[str, list[int]] = {s: [] for s in SPLITS}
-    for i, rec in enumerate(records):
-        if rec.split in by_split:
-            by_split[rec.split].append(i)
+    for i, split in enumerate(rows.splits):
+        if split in by_split:
+            by_split[split].append(i)
     held = by_split["dev"] + by_split["test"]
 
     def hits(index: list[int], query: list[int]) -> list[tuple[int, int, float]]:
@@ -244,7 +288,7 @@ def output_leakage(records: list[Conversation], keys: list[str],
         "leaked": leaked,
         "dev_test": len(held),
         "dev_test_pairs": len(dev_test_hits),
-        "pairs_examples": [{"id": records[held[q]].id, "train_id": records[by_split["train"][t]].id,
+        "pairs_examples": [{"id": rows.ids[held[q]], "train_id": rows.ids[by_split["train"][t]],
                             "similarity": round(sim, 4)} for q, t, sim in train_hits[:20]],
     }
 
@@ -306,28 +350,43 @@ class Split(Stage):
         return d
 
     def run(self, records: Iterable[Conversation], ctx: RunContext) -> Iterator[Conversation]:
+        # Every record is needed before the first can be assigned: the records wait on disk
+        # (dataprep.spill) while this stage holds their ids, groups, labels and sample keys.
+        matching = self.resources.matching
+        rows, table = Rows(), matching.table()
+        with ctx.record_store(self.name) as store:
+            for rec in records:
+                store.append(rec)
+                rows.add(rec)
+                matching.add(table, rec)
+            splits = self._assign(rows, table, ctx)
+            for i, rec in enumerate(store):
+                rec.split = splits[i]
+                yield rec
+
+    def _assign(self, rows: Rows, table: KeyTable, ctx: RunContext) -> list[str | None]:
+        """Each record's split (and the stats), from what the stage kept of the records."""
         o, matching = self.options, self.resources.matching
-        recs = list(records)
         seed = ctx.seed if o.seed is None else o.seed
         # Which labels were split on their own and which were pooled: in the stats, so the
         # manifest and the report say it (it used to collapse rare labels into train silently).
         stratification: dict[str, Any] = {}
-        assignment = assign_splits(recs, self.ratios, seed, o.stratify,
+        assignment = assign_splits(rows, self.ratios, seed, o.stratify,
                                    o.min_groups_per_label, stratification)
         if o.stratify:
             self.stats["stratification"] = stratification
         # After dedup this is cut out of dedup's result (no second search over everything);
         # without dedup it is the first clustering of the run and also audits the input.
-        match = matching.cluster(recs)
+        match = matching.cluster(table)
         keys, guards, result = match.keys, match.guards, match.clustering
         config = matching.config.engine()
         moves: dict[str, Any] = {"moved_records": 0, "moved_clusters": 0}
         if o.decontaminate:
-            before = Counter(assignment[r.lineage.group_id] for r in recs)
-            moves = decontaminate(recs, assignment, keys, config, guards, result)
+            before = Counter(assignment[gid] for gid in rows.group_ids)
+            moves = decontaminate(rows, assignment, keys, config, guards, result)
             rebalanced = 0
             if o.rebalance and moves["moved_records"]:
-                rebalanced = rebalance(recs, assignment, self.ratios, seed,
+                rebalanced = rebalance(rows, assignment, self.ratios, seed,
                                        moves["components"], moves["frozen"], moves["left"])
             self.stats["decontamination"] = {
                 "moved_records": moves["moved_records"],
@@ -337,10 +396,9 @@ class Split(Stage):
                 "records_before": dict(before),
                 "moves": moves["examples"],
             }
-        for rec in recs:
-            rec.split = assignment[rec.lineage.group_id]
+        rows.splits = [assignment[gid] for gid in rows.group_ids]
         # Recomputed from the final splits with a fresh index, not taken from the moves above.
-        audit = output_leakage(recs, keys, config, guards)
+        audit = output_leakage(rows, keys, config, guards)
         if o.decontaminate and (audit["leaked"] or audit["dev_test_pairs"]):
             raise RuntimeError(
                 f"split: {audit['leaked']} dev/test records still have a duplicate in train "
@@ -350,7 +408,7 @@ class Split(Stage):
             "input": matching.input_leakage,
             "output": {**audit, "moved_records": moves["moved_records"],
                        "moved_clusters": moves["moved_clusters"]}}
-        by_split = Counter(r.split for r in recs)
+        by_split = Counter(rows.splits)
         self.stats.update({"records": dict(by_split), "groups": len(assignment),
                            "matching_reused": match.reused})
-        yield from recs
+        return rows.splits
