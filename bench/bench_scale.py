@@ -21,12 +21,14 @@ over the cluster's CPUs, while the driver keeps the books and the whole-stream s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -73,9 +75,13 @@ def run_one(input_path: Path, engine: str, workdir: Path, ray_cpus: int,
             "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
             "sys.exit(rc)")
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                         cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    peak = _TreeMemory(proc.pid)
+    stdout, stderr = proc.communicate()
+    peak.stop()
     wall = time.perf_counter() - t0
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     if res.returncode not in (0, 1):  # 1: the data had rejects, as intended
         raise SystemExit(f"{name}: dataprep run failed:\n{res.stderr[-3000:]}")
     line = next(x for x in res.stderr.splitlines() if x.startswith("MAXRSS_KB"))
@@ -86,8 +92,46 @@ def run_one(input_path: Path, engine: str, workdir: Path, ray_cpus: int,
             "pipeline_s": manifest["seconds"]["total"],
             "records_per_s": round(counts["input"] / manifest["seconds"]["total"]),
             "peak_mb": round(own_kb / 1024), "largest_child_mb": round(child_kb / 1024),
+            "tree_mb": peak.peak_mb,
             "counts": {k: counts[k] for k in ("train", "dev", "test")},
             "removed": counts["removed"], "by_stage": manifest["seconds"]["by_stage"]}
+
+
+class _TreeMemory:
+    """Samples the summed PSS of a process and all its descendants until stopped; keeps the
+    peak. Ray's workers are descendants of the driver when it starts a local Ray."""
+
+    def __init__(self, pid: int, every_s: float = 1.0) -> None:
+        self.peak_mb = 0
+        self._stop = threading.Event()
+        try:
+            import psutil  # ray's dependency
+        except ImportError:
+            return
+        self._root = psutil.Process(pid)
+        self._psutil = psutil
+        self._every = every_s
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        psutil = self._psutil
+        while not self._stop.is_set():
+            total = 0
+            try:
+                procs = [self._root, *self._root.children(recursive=True)]
+            except psutil.Error:
+                return
+            for p in procs:
+                with contextlib.suppress(psutil.Error):  # a process that just ended
+                    total += p.memory_full_info().pss
+            self.peak_mb = max(self.peak_mb, round(total / 2**20))
+            self._stop.wait(self._every)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if hasattr(self, "_thread"):
+            self._thread.join()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,13 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engines", default="local,ray")
     p.add_argument("--ray-cpus", type=int, default=2)
     p.add_argument("--ray-address", default=None)
+    p.add_argument("--ray-sizes", default=None,
+                   help="run Ray only at these sizes (default: every size)")
     args = p.parse_args(argv)
+    ray_sizes = None if args.ray_sizes is None else {int(x) for x in args.ray_sizes.split(",")}
     corpora = args.shared / "corpora"
     if not corpora.is_dir():
         print(f"bench_scale: no corpora at {corpora}; pass --shared", file=sys.stderr)
         return 2
-    print(f"{'records':>9} {'engine':<6} {'records/s':>10} {'pipeline s':>10} {'peak MB':>8} "
-          f"{'child MB':>8}  train/dev/test")
+    print(f"{'records':>9} {'engine':<6} {'records/s':>10} {'pipeline s':>10} "
+          f"{'driver MB':>9} {'all MB':>8}  train/dev/test")
+    results: dict[str, dict[int, dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for n in (int(x) for x in args.sizes.split(",")):
@@ -111,18 +159,30 @@ def main(argv: list[str] | None = None) -> int:
             write_input(input_path, n, corpora)
             rows = {}
             for engine in args.engines.split(","):
+                if engine == "ray" and ray_sizes is not None and n not in ray_sizes:
+                    continue
                 r = run_one(input_path, engine, work, args.ray_cpus, args.ray_address)
-                rows[engine] = r
+                rows[engine] = results.setdefault(engine, {})[n] = r
                 c = r["counts"]
                 print(f"{n:>9,} {engine:<6} {r['records_per_s']:>10,} {r['pipeline_s']:>10.1f} "
-                      f"{r['peak_mb']:>8,} {r['largest_child_mb']:>8,}  "
+                      f"{r['peak_mb']:>9,} {r['tree_mb']:>8,}  "
                       f"{c['train']}/{c['dev']}/{c['test']}  by stage: {r['by_stage']}",
                       flush=True)
+            input_path.unlink()
             if {"local", "ray"} <= rows.keys():
                 a, b = rows["local"], rows["ray"]
                 same = a["counts"] == b["counts"] and a["removed"] == b["removed"]
                 print(f"{n:>9,} ray/local: time {b['pipeline_s'] / a['pipeline_s']:.2f}x, "
-                      f"peak {b['peak_mb'] / max(1, a['peak_mb']):.2f}x; same counts: {same}")
+                      f"memory (all) {b['tree_mb'] / max(1, a['tree_mb']):.2f}x; "
+                      f"same counts: {same}", flush=True)
+    for engine, by_size in results.items():
+        if len(by_size) > 1:
+            lo, hi = min(by_size), max(by_size)
+            a, b = by_size[lo], by_size[hi]
+            per_record = (b["pipeline_s"] / hi) / (a["pipeline_s"] / lo)
+            print(f"{engine:<6} {hi:,} vs {lo:,}: time per record {per_record:.2f}x, "
+                  f"memory (all) {b['tree_mb'] / max(1, a['tree_mb']):.2f}x, driver "
+                  f"{b['peak_mb'] / max(1, a['peak_mb']):.2f}x")
     print(f"(max RSS of this bench process: "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB)")
     return 0
