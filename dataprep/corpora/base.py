@@ -149,6 +149,13 @@ class AugmentOp:
     def prepare(self, scope: list[Conversation], run: OpRun) -> None:
         """Called once with every in-scope record before any :meth:`derive`."""
 
+    def shardable(self, run: OpRun) -> bool:
+        """True when :meth:`derive_many` may run on slices of the chosen records in other
+        processes with the same result (the Ray engine's actor pool): it reads only the records,
+        its options, ``run.seed`` and ``run.resources``, and its outcomes, evidence and
+        artifacts go through ``run``. Worth it for ops that wait on an endpoint."""
+        return False
+
     def derive(self, rec: Conversation, rng: random.Random,
                run: OpRun) -> tuple[Conversation | None, str]:
         raise NotImplementedError

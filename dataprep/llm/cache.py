@@ -230,6 +230,27 @@ class ResponseCache:
                 ),
             )
 
+    def add(self, key: str, answer: CachedAnswer) -> CachedAnswer:
+        """Store ``answer`` under ``key`` unless an answer is there already, and return the
+        stored one. Several processes sharing the cache (the Ray engine's workers) may ask the
+        same request at once; the first answer stored is the one every one of them uses, so the
+        outputs and the cache agree whatever the server answered the others."""
+        created = answer.created_at or time.time()
+        with self._lock:
+            self._execute(
+                "INSERT OR IGNORE INTO answers"
+                " (key, text, prompt_tokens, completion_tokens, model, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (key, answer.text, int(answer.prompt_tokens), int(answer.completion_tokens),
+                 answer.model, created),
+            )
+            row = self._execute(
+                "SELECT text, prompt_tokens, completion_tokens, model, created_at"
+                " FROM answers WHERE key = ?",
+                (key,),
+            ).fetchone()
+        return CachedAnswer(*row)
+
     def delete(self, key: str) -> None:
         """Forget ``key``."""
         with self._lock:

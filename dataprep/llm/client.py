@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,7 +38,7 @@ from dataprep.llm.items import LLMRequest, LLMResult, wire_request
 from dataprep.llm.redaction import MASK, get_logger, redact, register_secret, unregister_secret
 from dataprep.llm.transport import ItemFailed, Transport
 
-__all__ = ["LLMClient"]
+__all__ = ["LLMClient", "combine_stats"]
 
 log = get_logger(__name__)
 
@@ -369,10 +370,12 @@ class LLMClient:
         if self.cache is not None:
             # Stored before it is judged: whatever the server answered is on disk if the run
             # dies right after, and a rerun replays it instead of paying for it again.
-            self.cache.put(
+            # The first answer stored wins: another process sharing the cache may have asked
+            # the same request meanwhile (see ResponseCache.add).
+            text = self.cache.add(
                 key,
                 CachedAnswer(text, usage.prompt_tokens, usage.completion_tokens, self.config.model),
-            )
+            ).text
             self._cache_writes += 1
         return text
 
@@ -429,3 +432,43 @@ class LLMClient:
             attempts=state.attempts,
             reasks=state.reasks,
         )
+
+
+def combine_stats(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One :attr:`LLMClient.stats` for the items several clients ran between them (the Ray
+    engine runs an op's items in batches on several workers): counts, tokens and cost add up,
+    mappings add key by key, the shared settings are kept, the flags are recomputed.
+
+    >>> a = {"items": 2, "items_ok": 1, "cost": 0.1, "failures": {"x": 1}, "model": "m"}
+    >>> b = {"items": 1, "items_ok": 0, "cost": 0.2, "failures": {"x": 1, "y": 1}, "model": "m"}
+    >>> c = combine_stats([a, b])
+    >>> c["items"], c["cost"], c["failures"]
+    (3, 0.3, {'x': 2, 'y': 1})
+    """
+    out = copy.deepcopy(dict(parts[0]))
+    for part in parts[1:]:
+        _add_stats(out, part)
+    if "cost" in out:
+        out["cost"] = round(out["cost"], 9)
+    for key in ("reasks", "failures", "retries"):
+        if isinstance(out.get(key), dict):
+            out[key] = dict(sorted(out[key].items()))
+    if "all_failed" in out:
+        out["all_failed"] = out["items"] > 0 and out["items_ok"] == 0 and out["dry_run"] is None
+    if isinstance(out.get("budget"), dict):
+        out["budget"]["exhausted"] = next(
+            (p["budget"]["exhausted"] for p in parts if p["budget"]["exhausted"]), None)
+    return out
+
+
+def _add_stats(into: dict[str, Any], part: Mapping[str, Any]) -> None:
+    for key, value in part.items():
+        old = into.get(key)
+        if isinstance(value, Mapping) and isinstance(old, dict):
+            _add_stats(old, value)
+        elif isinstance(value, bool) or isinstance(old, bool):
+            into[key] = bool(old) and bool(value) if key == "within_budget" else old
+        elif isinstance(value, (int, float)) and isinstance(old, (int, float)):
+            into[key] = old + value
+        elif old is None:
+            into[key] = copy.deepcopy(value)

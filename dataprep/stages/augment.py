@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +129,12 @@ class Augment(Stage):
     uses = ("hotel_db", "tokenizer", "llm")
     options: AugmentOptions
 
+    #: Runs a shardable op's ``derive_many`` elsewhere: ``(op, chosen, run) -> made``, with
+    #: outcomes, evidence and artifacts replayed into ``run`` in record order (the Ray engine
+    #: sets it; see :meth:`dataprep.corpora.base.AugmentOp.shardable`).
+    sharded: Callable[[AugmentOp, list[Conversation], OpRun],
+                      list[tuple[Conversation, Conversation | None, str]]] | None = None
+
     def setup(self) -> None:
         self.ops = parse_ops(self.options.ops)
         self.splits = list(self.options.splits)
@@ -199,7 +205,11 @@ class Augment(Stage):
                     chosen.append(rec)
                 else:
                     self._count(op.name, "not_selected")
-            made = op.derive_many(chosen, run, lambda r, name=op.name: _rng(run.seed, name, r.id))
+            if self.sharded is not None and chosen and op.shardable(run):
+                made = self.sharded(op, chosen, run)
+            else:
+                made = op.derive_many(chosen, run,
+                                      lambda r, name=op.name: _rng(run.seed, name, r.id))
             for parent, child, outcome in made:
                 if child is None:
                     self._count(op.name, outcome)

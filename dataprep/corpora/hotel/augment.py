@@ -273,12 +273,24 @@ class RewriteLLM(_RewriteOp):
     Options = RewriteLLMOptions
     options: RewriteLLMOptions
 
+    def settings(self, run: OpRun) -> dict[str, Any]:
+        """The ``llm:`` settings this op runs with: its own over the run's."""
+        return {**(run.resources.llm or {}), **(self.options.llm or {})}
+
+    def shardable(self, run: OpRun) -> bool:
+        # Requests are independent and the cache is shared on disk, so batches of records can
+        # be asked from several workers; a budget caps one client's spending, which split over
+        # workers would cap each of them: with a budget the op runs in one process.
+        cfg = self.settings(run)
+        return not any(cfg.get(k) is not None for k in
+                       ("budget_max_cost", "budget_max_tokens", "budget_max_requests"))
+
     def derive_many(self, chosen: list[Conversation], run: OpRun,
                     rng: Callable[[Conversation], random.Random],
                     ) -> list[tuple[Conversation, Conversation | None, str]]:
         from dataprep.llm import LLMClient, LLMConfig, LLMRequest
 
-        cfg = {**(run.resources.llm or {}), **(self.options.llm or {})}
+        cfg = self.settings(run)
         if not cfg.get("model"):
             raise ConfigError("augment op 'rewrite_llm' needs an LLM: add a top-level 'llm:' "
                               "section with at least 'model' and 'base_url' (and 'api_key_env' "
