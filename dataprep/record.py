@@ -156,6 +156,23 @@ class Lineage:
         )
 
 
+def json_object(value: Any, where: str) -> dict[str, Any]:
+    """``value`` when it is an object, or the object its JSON text holds (columns that must keep
+    one Arrow type are written as text). Raises ``ValueError`` naming ``where`` otherwise.
+
+    >>> json_object('{"a": 1}', "/x"), json_object({"a": 1}, "/x")
+    ({'a': 1}, {'a': 1})
+    """
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not JSON ({e.msg})") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected an object, found {type(value).__name__}")
+    return value
+
+
 def lineage_extra(lineage: Any) -> dict[str, Any]:
     """``lineage.extra`` of a written record (JSON text) or of an older one (an object); ``{}``
     when absent. Raises ``ValueError`` when it is neither.
@@ -166,15 +183,7 @@ def lineage_extra(lineage: Any) -> dict[str, Any]:
     value = lineage.get("extra") if isinstance(lineage, dict) else None
     if value in (None, ""):
         return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"lineage.extra is not JSON text ({e.msg})") from e
-    if not isinstance(value, dict):
-        raise ValueError(f"lineage.extra must be an object or its JSON text, got "
-                         f"{type(value).__name__}")
-    return dict(value)
+    return dict(json_object(value, "lineage.extra"))
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Any
 
 from dataprep.errors import ConfigError
 from dataprep.io import AtomicWriter, dumps, iter_jsonl, write_json_atomic
-from dataprep.record import MISSING, Conversation, Message
+from dataprep.record import MISSING, Conversation, Message, json_object
 
 SPLITS = ("train", "dev", "test")
 EXAMPLES_PER_REASON = 5
@@ -157,14 +157,7 @@ def unpack_extra(value: Any) -> dict[str, dict[str, Any]]:
     """Inverse of :func:`pack_extra`; raises ``ValueError`` when the column is not an object."""
     if value in (None, ""):
         return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"/{EXTRA_COLUMN}: not JSON ({e.msg})") from e
-    if not isinstance(value, dict):
-        raise ValueError(f"/{EXTRA_COLUMN}: expected an object, found {type(value).__name__}")
-    return {k: v for k, v in value.items() if isinstance(v, dict)}
+    return {k: v for k, v in json_object(value, f"/{EXTRA_COLUMN}").items() if isinstance(v, dict)}
 
 
 def check_sample_weight(report: ExportReport, conv: Conversation) -> None:

@@ -17,7 +17,7 @@ from dataprep.errors import ConfigError
 from dataprep.export.common import plain_tool
 from dataprep.io import iter_jsonl, read_json_document
 from dataprep.readers.base import Item, Reader
-from dataprep.record import Conversation, Lineage, Message
+from dataprep.record import Conversation, Lineage, Message, json_object
 
 
 class BadRecord(Exception):
@@ -68,15 +68,10 @@ def call_from_json(value: Any, where: str) -> tuple[str, dict[str, Any]]:
         raise BadRecord("malformed_call", f"{where}: expected a call object with a 'name', "
                                           f"found {json.dumps(value, ensure_ascii=False)[:80]}")
     args = value.get("arguments", value.get("parameters", {}))
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError as e:
-            raise BadRecord("malformed_call", f"{where}/arguments: not JSON ({e.msg})") from e
-    if not isinstance(args, dict):
-        raise BadRecord("malformed_call", f"{where}/arguments: expected an object, found "
-                                          f"{type(args).__name__}")
-    return value["name"], args
+    try:
+        return value["name"], json_object(args, f"{where}/arguments")
+    except ValueError as e:
+        raise BadRecord("malformed_call", str(e)) from e
 
 
 def loss_from_weight(value: Any, where: str) -> bool | None:
