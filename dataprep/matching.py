@@ -169,12 +169,6 @@ class Matching:
         self._last: MatchResult | None = None
         self._near = True
 
-    def keys(self, records: Sequence[Conversation]) -> list[str]:
-        return [sample_key(r, self.config.fields) for r in records]
-
-    def guards(self, records: Sequence[Conversation]) -> list[str | None] | None:
-        return [call_signature(r) for r in records] if self.config.match_calls else None
-
     def table(self, records: Iterable[Conversation] = ()) -> KeyTable:
         """A :class:`KeyTable` of ``records`` (empty by default: fill it with :meth:`add`)."""
         table = KeyTable(guards=[] if self.config.match_calls else None)
@@ -203,7 +197,7 @@ class Matching:
             result = MatchResult(table, clustering, stats)
             self._last, self._near = result, near
         if self.input_leakage is None:
-            self.input_leakage = leakage_report(table, table.keys, result.clustering,
+            self.input_leakage = leakage_report(table, result.clustering,
                                                 self.config.source_splits)
         return result
 
@@ -252,18 +246,15 @@ class Matching:
         return MatchResult(table, clustering, {}, reused=True)
 
 
-def leakage_report(recs: KeyTable | Sequence[Conversation], keys: list[str], result: Clustering,
-                   source_splits: dict[str, str] | None, max_examples: int = 20) -> dict[str, Any]:
-    """The input leakage audit: of the records (their :class:`KeyTable`, or the records) from
-    held-out files, how many have an exact or near duplicate in a train file.
+def leakage_report(table: KeyTable, result: Clustering, source_splits: dict[str, str] | None,
+                   max_examples: int = 20) -> dict[str, Any]:
+    """The input leakage audit: of the records (their :class:`KeyTable`) from held-out files,
+    how many have an exact or near duplicate in a train file.
 
-    >>> leakage_report(recs, keys, find_duplicates(keys), None)["rate"]  # doctest: +SKIP
+    >>> leakage_report(table, find_duplicates(table.keys), None)["rate"]  # doctest: +SKIP
     0.0199
     """
-    if isinstance(recs, KeyTable):
-        ids, sources = recs.ids, recs.sources
-    else:
-        ids, sources = [r.id for r in recs], [r.lineage.source for r in recs]
+    ids, sources, keys = table.ids, table.sources, table.keys
     by_source = {s: source_split(s, source_splits) for s in set(sources)}
     splits = [by_source[s] for s in sources]
     matches = held_out_matches(result, splits)
