@@ -78,20 +78,36 @@ class SplitShape:
     def conflict(self, line: dict[str, Any]) -> tuple[str, str, str] | None:
         """(pointer, kind so far, kind here) of the first field of ``line`` whose kind differs
         from the split's, else None. Nothing is recorded."""
+        return self._conflict(list(_fields(line)))
+
+    def admit(self, line: dict[str, Any], index: int, offset: int) -> None:
+        """Record the fields of the line ``index`` written at byte ``offset``."""
+        self._admit(list(_fields(line)), index, offset)
+
+    def add(self, line: dict[str, Any], index: int, offset: int) -> tuple[str, str, str] | None:
+        """:meth:`conflict`, then :meth:`admit` when there is none, walking the line once."""
+        fields = list(_fields(line))
+        found = self._conflict(fields)
+        if found is None:
+            self._admit(fields, index, offset)
+        return found
+
+    def _conflict(self, fields: list[tuple[str, str]]) -> tuple[str, str, str] | None:
         mine: dict[str, str] = {}
-        for path, kind in _fields(line):
+        for path, kind in fields:
             if kind == "null":
                 continue
-            known = self.kinds.get(path) or mine.get(path)
-            if known not in (None, "null") and known != kind:
+            known = self.kinds.get(path)
+            if known in (None, "null"):
+                known = mine.get(path)
+            if known is not None and known != kind:
                 return path, known, kind
             mine[path] = kind
         return None
 
-    def admit(self, line: dict[str, Any], index: int, offset: int) -> None:
-        """Record the fields of the line ``index`` written at byte ``offset``."""
+    def _admit(self, fields: list[tuple[str, str]], index: int, offset: int) -> None:
         new = False
-        for path, kind in _fields(line):
+        for path, kind in fields:
             known = self.kinds.get(path)
             # A field only ever null so far is typed ``null`` in the first chunk's schema, and
             # ``null`` cannot be cast to a real kind: its first real value is as late as a new field.

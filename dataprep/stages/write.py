@@ -82,7 +82,7 @@ class Write(Stage):
                     continue
                 shape = shapes[rec.split]
                 if self.options.check_schema:
-                    conflict = shape.conflict(line)
+                    conflict = shape.add(line, ctx.counts.splits[rec.split], written[rec.split])
                     if conflict is not None:
                         pointer, known, kind = conflict
                         ctx.reject_record(
@@ -91,7 +91,6 @@ class Write(Stage):
                             f"lines), found {kind}; datasets.load_dataset('json') cannot load a "
                             "split whose field changes kind", stage=self.name)
                         continue
-                    shape.admit(line, ctx.counts.splits[rec.split], written[rec.split])
                 handles[rec.split].write(text + "\n")
                 written[rec.split] += len(text.encode("utf-8")) + 1
                 ctx.counts.splits[rec.split] += 1

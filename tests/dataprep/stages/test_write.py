@@ -128,6 +128,9 @@ def test_null_fits_every_kind_but_its_first_real_value_after_the_first_chunk_mov
     late.admit({"lineage": {"line": 3}}, 1, 150)
     assert late.late == [1]
     assert late.conflict({"lineage": {"line": "x"}}) == ("/lineage/line", "number", "string")
+    # A field null so far still takes one kind within a line.
+    shape.admit({"a": [None]}, 2, 0)
+    assert shape.conflict({"a": [1, "x"]}) == ("/a/-", "number", "string")
 
 
 def test_records_with_and_without_line_numbers_share_a_split(tmp_path: Path) -> None:
